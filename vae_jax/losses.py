@@ -1,0 +1,49 @@
+"""The seed's Monte Carlo ELBO and an analytic-KL variant; pure functions of model outputs."""
+
+import math
+
+import jax.numpy as jnp
+import optax
+
+_LOG2PI = math.log(2.0 * math.pi)
+
+
+def log_normal_pdf(sample, mean, logvar, axis=-1):
+  """log N(sample; mean, exp(logvar)) summed over `axis`: -1/2 ((s-m)^2 e^-logvar + logvar + log 2pi)."""
+  return jnp.sum(-0.5 * ((sample - mean) ** 2 * jnp.exp(-logvar) + logvar + _LOG2PI), axis=axis)
+
+
+def bernoulli_log_likelihood(x_logits, x):
+  """log p(x|z) = -sum over pixels of sigmoid cross-entropy(logits, x), per example."""
+  x_logits = x_logits.astype(jnp.float32)
+  cross_ent = optax.sigmoid_binary_cross_entropy(x_logits, x.astype(jnp.float32))
+  return -jnp.sum(cross_ent.reshape(cross_ent.shape[0], -1), axis=-1)
+
+
+def kl_mc(z, mean, logvar):
+  """One-sample estimate of KL(q(z|x) || N(0, I)): log q(z|x) - log p(z), per example."""
+  return log_normal_pdf(z, mean, logvar) - log_normal_pdf(z, 0.0, 0.0)
+
+
+def kl_analytic(mean, logvar):
+  """KL(N(mean, exp(logvar)) || N(0, I)) = 1/2 sum(exp(logvar) + mean^2 - 1 - logvar), per example."""
+  return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
+
+
+def negative_elbo_terms(x_logits, x, z, mean, logvar, kl: str = "mc"):
+  """Per-example terms: rec = -log p(x|z), kl (Monte Carlo as in the seed, or analytic), loss = rec + kl."""
+  mean, logvar, z = (a.astype(jnp.float32) for a in (mean, logvar, z))
+  rec = -bernoulli_log_likelihood(x_logits, x)
+  if kl == "mc":
+    kl_term = kl_mc(z, mean, logvar)
+  elif kl == "analytic":
+    kl_term = kl_analytic(mean, logvar)
+  else:
+    raise ValueError(f"kl must be 'mc' or 'analytic', got {kl!r}")
+  return {"loss": rec + kl_term, "rec": rec, "kl": kl_term}
+
+
+def masked_mean(terms, mask):
+  """Means of per-example terms over the examples where mask is 1 (padding rows have mask 0)."""
+  count = jnp.maximum(jnp.sum(mask), 1.0)
+  return {k: jnp.sum(v * mask) / count for k, v in terms.items()}

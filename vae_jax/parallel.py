@@ -1,0 +1,129 @@
+"""Data parallelism over devices and hosts: one device, a sharded jit over a mesh, or pmap.
+
+Every strategy sees the same global batch in the same order; each example's noise is drawn from
+its position in the global batch (see `train.example_noise`), so results do not depend on how many
+devices or processes share the batch.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vae_jax.errors import UserError
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+  """Starts JAX's multi-process runtime when a coordinator address is given (before any JAX work)."""
+  if coordinator is None:
+    if num_processes not in (None, 1) or process_id not in (None, 0):
+      raise UserError("--num-processes/--process-id need --coordinator HOST:PORT")
+    return
+  if num_processes is None or process_id is None:
+    raise UserError("--coordinator needs --num-processes and --process-id")
+  if not 0 <= process_id < num_processes:
+    raise UserError(f"--process-id {process_id} must be in [0, {num_processes})")
+  jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """How state and batches are placed, and how step functions are compiled, for one mode."""
+  kind: str            # none | sharded | pmap
+  mesh: jax.sharding.Mesh
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.devices.size
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def axis_name(self) -> str | None:
+    """The collective axis inside pmap'd functions (the others need none: jit partitions them)."""
+    return DATA_AXIS if self.kind == "pmap" else None
+
+  def check_batch(self, batch_size: int) -> None:
+    if batch_size % self.num_devices:
+      raise UserError(
+          f"--batch-size {batch_size} does not divide over {self.num_devices} devices "
+          f"({jax.process_count()} process(es)); use a multiple of {self.num_devices} or fewer devices")
+
+  def process_rows(self, batch_size: int) -> slice:
+    """The columns of every global batch that this process feeds."""
+    per_process = batch_size // jax.process_count()
+    start = jax.process_index() * per_process
+    return slice(start, start + per_process)
+
+  # ------------------------------------------------------------ placement
+
+  def put_state(self, state):
+    """Places a host (or replicated) pytree on the devices: replicated, or one copy per device for pmap."""
+    state = jax.device_put(state, self.replicated)
+    if self.kind != "pmap":
+      return state
+    local = jax.local_device_count()
+    return self._to_devices(jax.tree.map(lambda a: jnp.broadcast_to(a, (local,) + a.shape), state))
+
+  @staticmethod
+  def _to_devices(tree):
+    """Per-device arrays in the layout pmap'd functions take and return (no copy per call)."""
+    return jax.pmap(lambda t: t, axis_name=DATA_AXIS)(tree)
+
+  def host_state(self, state):
+    """A replicated (single-copy) view of the state for checkpoints and pictures."""
+    if self.kind != "pmap":
+      return state
+    return jax.device_put(jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data)[0], state),
+                          self.replicated)
+
+  def put_batches(self, x_local: np.ndarray, mask_local: np.ndarray):
+    """Places this process's (steps, batch/processes, ...) stack; pmap gets (devices, steps, ...)."""
+    if self.kind == "pmap":
+      local = jax.local_device_count()
+      def split(a):
+        a = a.reshape(a.shape[0], local, a.shape[1] // local, *a.shape[2:])
+        return np.swapaxes(a, 0, 1)
+      return self._to_devices((split(x_local), split(mask_local)))
+    sharding = NamedSharding(self.mesh, P(None, DATA_AXIS))
+    def put(a):
+      global_shape = (a.shape[0], a.shape[1] * jax.process_count(), *a.shape[2:])
+      return jax.make_array_from_process_local_data(sharding, a, global_shape)
+    return put(x_local), put(mask_local)
+
+  def batch_at(self, stacks, i: int):
+    """Batch i of stacks placed by `put_batches`."""
+    return tuple(a[:, i] if self.kind == "pmap" else a[i] for a in stacks)
+
+  # ------------------------------------------------------------ compilation
+
+  def jit(self, fn, in_kinds: tuple[str, ...], *, donate_state: bool):
+    """Compiles fn; in_kinds names each argument 'state' (replicated), 'batch' (split) or 'shared'."""
+    donate = tuple(i for i, k in enumerate(in_kinds) if k == "state") if donate_state else ()
+    if self.kind == "pmap":
+      in_axes = tuple(None if k == "shared" else 0 for k in in_kinds)
+      return jax.pmap(fn, axis_name=DATA_AXIS, in_axes=in_axes, donate_argnums=donate)
+    return jax.jit(fn, donate_argnums=donate, out_shardings=self.replicated)
+
+
+def make_strategy(kind: str = "auto") -> Strategy:
+  """The placement strategy for `kind`; 'auto' means sharded when more than one device is visible."""
+  if kind == "auto":
+    kind = "sharded" if jax.device_count() > 1 else "none"
+  if kind == "none":
+    if jax.process_count() > 1:
+      raise UserError("--parallel none runs one device; with several processes use sharded or pmap")
+    devices = np.array(jax.devices()[:1])
+  elif kind in ("sharded", "pmap"):
+    devices = np.array(jax.devices())
+  else:
+    raise UserError(f"--parallel must be none, sharded, pmap or auto, got {kind!r}")
+  mesh = jax.sharding.Mesh(devices, (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  return Strategy(kind, mesh)

@@ -1,0 +1,224 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, its workdir, metrics, pictures and resume."""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from vae_jax import data as data_lib
+from vae_jax import parallel, pictures, train
+from vae_jax.checkpoints import Checkpoints
+from vae_jax.config import Config
+from vae_jax.errors import UserError
+
+CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def _log(message: str) -> None:
+  if _is_main():
+    tqdm.write(message, file=sys.stdout)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _prepare_workdir(config: Config, workdir: str, resume: bool) -> None:
+  """Refuses to overwrite an earlier run; on resume, insists on the same settings."""
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if not resume:
+    if os.path.isdir(workdir) and os.listdir(workdir):
+      raise UserError(f"workdir {workdir} is not empty; pass --resume to continue its run "
+                      "or choose a new --workdir")
+    return
+  if not os.path.exists(config_path):
+    raise UserError(f"--resume: {workdir} holds no run ({CONFIG_FILE} not found)")
+  with open(config_path) as f:
+    saved = json.load(f)
+  differ = [k for k, v in dataclasses.asdict(config).items()
+            if k != "epochs" and saved.get(k) != v]
+  if differ:
+    changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in differ)
+    raise UserError(f"--resume: settings differ from the run in {workdir} ({changes})")
+
+
+class _Run:
+  """The state of one invocation: data on the host, compiled steps, fixed picture inputs."""
+
+  def __init__(self, config: Config, workdir: str, dataset: data_lib.Dataset):
+    self.config, self.workdir = config, workdir
+    self.strategy = parallel.make_strategy(config.parallel)
+    self.strategy.check_batch(config.batch_size)
+    self.train_x = data_lib.binarize(dataset.train_images)
+    self.test_x = data_lib.binarize(dataset.test_images)
+    self.rows = self.strategy.process_rows(config.batch_size)
+    self.graphdef, state = train.init_state(config)
+    self.state = self.strategy.put_state(state)
+    self.steps = train.Steps(self.graphdef, config, self.strategy)
+    self.keys = train.run_keys(config.seed)
+    order = np.arange(len(self.test_x))
+    self.test_batches = self.strategy.put_batches(
+        *data_lib.batch_stack(self.test_x, order, config.batch_size, self.rows))
+    self.steps_per_epoch = data_lib.num_batches(len(self.train_x), config.batch_size)
+
+  def host_params(self):
+    return train.fetch(self.strategy.host_state(self.state).params)
+
+  # ------------------------------------------------------------ pictures
+
+  def save_pictures(self, epoch: int) -> None:
+    if not _is_main():
+      return
+    c = self.config
+    model = nnx.merge(self.graphdef, self.host_params())
+    eps = jax.random.normal(self.keys.pictures, (c.num_samples, c.latent_dim))
+    samples = np.asarray(model.sample(eps_BxL=eps))
+    originals = self.test_x[:c.num_reconstructions].astype(np.float32)
+    mean, _ = model.encode(originals)
+    recons = np.asarray(model.decode(mean, apply_sigmoid=True))
+    pictures.save_epoch_grid(self.workdir, epoch, pictures.epoch_grid(samples, originals, recons))
+
+  def save_final_pictures(self, rows: list[dict]) -> None:
+    if not _is_main():
+      return
+    pictures.save_gif(self.workdir)
+    pictures.save_curves(self.workdir, rows)
+    if self.config.latent_dim == 2:
+      model = nnx.merge(self.graphdef, self.host_params())
+      decoded = np.asarray(model.decode(pictures.manifold_grid(), apply_sigmoid=True))
+      pictures.save_manifold(self.workdir, decoded)
+
+  # ------------------------------------------------------------ one epoch
+
+  def train_epoch(self, epoch: int) -> tuple[dict, float]:
+    c = self.config
+    order = data_lib.epoch_order(c.seed, epoch, len(self.train_x))
+    xs, masks = self.strategy.put_batches(
+        *data_lib.batch_stack(self.train_x, order, c.batch_size, self.rows))
+    length, unroll = train.default_chunk(jax.default_backend())
+    if c.loop == "step" or length > self.steps_per_epoch:
+      length = 1
+    full = self.steps_per_epoch - self.steps_per_epoch % length if length > 1 else 0
+    totals = {k: 0.0 for k in (*train.METRIC_KEYS, "count")}
+    first_step = int(train.fetch(self.state.step))
+    pending = []  # outputs not yet read: the host reads one call behind, so the device never waits
+
+    def consume():
+      start, size, sums, losses = pending.pop(0)
+      sums, losses = train.fetch((sums, losses))
+      bad = np.flatnonzero(~np.isfinite(np.atleast_1d(losses)))
+      if bad.size:
+        step = first_step + start + int(bad[0]) + 1
+        raise TrainingDiverged(f"non-finite loss at step {step} (epoch {epoch}); stopped, the "
+                               f"last good checkpoint (epoch {epoch - 1}) is kept")
+      for k in totals:
+        totals[k] += float(sums[k])
+      bar.update(size)
+
+    bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{c.epochs}", unit="batch",
+               leave=False, disable=None if _is_main() else True)
+    start_time = time.perf_counter()
+    compile_before = self.steps.compile_seconds
+    for start in range(0, self.steps_per_epoch):
+      if start < full:
+        if start % length:
+          continue
+        self.state, sums, losses = self.steps.call(
+            self.steps.chunk(length, unroll), self.state, xs, masks, self.keys.noise, start)
+        pending.append((start, length, sums, losses))
+      else:  # the steps that do not fill a chunk, or every step with --loop step
+        self.state, sums = self.steps.call(
+            self.steps.step, self.state, *self.strategy.batch_at((xs, masks), start),
+            self.keys.noise)
+        pending.append((start, 1, sums, sums["loss"] / sums["count"]))
+      if len(pending) > 1:
+        consume()
+    while pending:
+      consume()
+    compile_seconds = self.steps.compile_seconds - compile_before
+    seconds = time.perf_counter() - start_time - compile_seconds
+    bar.close()
+    row = {f"train_{k}": totals[k] / totals["count"] for k in train.METRIC_KEYS}
+    row["images_per_sec"] = totals["count"] / seconds
+    row["compile_seconds"] = compile_seconds
+    return row, seconds
+
+  def evaluate(self, epoch: int) -> dict:
+    params = self.state.params
+    sums = self.steps.call(self.steps.evaluate, params, *self.test_batches,
+                           jax.random.fold_in(self.keys.eval, epoch))
+    m = train.means(train.fetch(sums))
+    return {"test_elbo": -m["loss"], "test_rec": m["rec"], "test_kl": m["kl"]}
+
+
+def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> list[dict]:
+  """Trains config.epochs epochs, writing metrics, pictures and checkpoints to `workdir`."""
+  config.validate()
+  _prepare_workdir(config, workdir, resume)
+  dataset = data_lib.load(config.data).take_train(config.train_size)
+  if len(dataset.test_images) == 0:
+    raise UserError(f"{dataset.name} has no test images")
+  run = _Run(config, workdir, dataset)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
+  start_epoch = 0
+  if resume:
+    start_epoch = checkpoints.latest_epoch() or 0
+    if start_epoch:
+      host = checkpoints.restore(start_epoch, run.strategy.host_state(run.state),
+                                 run.strategy.replicated)
+      run.state = run.strategy.put_state(host)
+  elif _is_main():
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      json.dump(dataclasses.asdict(config), f, indent=2)
+  rows = [r for r in read_metrics(workdir) if r["epoch"] <= start_epoch]
+  if _is_main():  # epochs after the last checkpoint are redone, identically, so drop their rows
+    with open(os.path.join(workdir, METRICS_FILE), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+  _log(f"data {dataset.name}: {len(run.train_x)} train / {len(run.test_x)} test images; "
+       f"{run.strategy.kind} on {run.strategy.num_devices} {jax.devices()[0].platform} device(s), "
+       f"{jax.process_count()} process(es); epochs {start_epoch + 1}..{config.epochs}")
+  try:
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+      epoch_start = time.perf_counter()
+      row, train_seconds = run.train_epoch(epoch)
+      eval_start = time.perf_counter()
+      row.update(run.evaluate(epoch))
+      row.update(epoch=epoch, step=epoch * run.steps_per_epoch,
+                 train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
+      if not np.isfinite(row["test_elbo"]):
+        raise TrainingDiverged(f"non-finite test ELBO after epoch {epoch}; stopped, the last good "
+                               f"checkpoint (epoch {epoch - 1}) is kept")
+      run.save_pictures(epoch)
+      checkpoints.save(epoch, run.strategy.host_state(run.state))
+      row["seconds"] = time.perf_counter() - epoch_start
+      rows.append(row)
+      if _is_main():
+        with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+          f.write(json.dumps(row) + "\n")
+      _log(f"epoch {epoch:4d}  train loss {row['train_loss']:9.3f}  test ELBO "
+           f"{row['test_elbo']:9.3f}  {row['images_per_sec']:9.0f} images/s  "
+           f"{row['seconds']:6.1f} s")
+  finally:
+    checkpoints.close()
+  if rows:
+    run.save_final_pictures(rows)
+  return rows
