@@ -18,6 +18,7 @@ from flax import nnx
 
 from benchmarks import tf_reference as tfr
 from vae_jax import losses, models
+from vae_jax.train import keras_adam
 
 BATCH = 8
 LATENT = 4
@@ -26,17 +27,6 @@ ACT_TOL = dict(rtol=1e-5, atol=1e-5)
 GRAD_RTOL = 1e-4
 GRAD_ATOL_PER_MAX = 2e-5
 PARAM_ATOL = 1e-2 * LR
-
-
-def keras_adam(learning_rate, b1=0.9, b2=0.999, eps=1e-7):
-  """Keras' Adam in optax.
-
-  Keras adds its epsilon to the uncorrected sqrt(v) ("epsilon hat"), i.e. optax's eps is
-  eps / sqrt(1 - b2^t) at step t: 3.2e-6 at step 1 against optax.adam's default 1e-8.
-  """
-  return optax.inject_hyperparams(optax.adam)(
-      learning_rate=learning_rate, b1=b1, b2=b2,
-      eps=lambda count: eps / jnp.sqrt(1.0 - b2 ** (count + 1)))
 
 
 def _data(latent_dim):

@@ -8,7 +8,6 @@ devices or processes share the batch.
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -66,11 +65,12 @@ class Strategy:
 
   def put_state(self, state):
     """Places a host (or replicated) pytree on the devices: replicated, or one copy per device for pmap."""
-    state = jax.device_put(state, self.replicated)
     if self.kind != "pmap":
-      return state
+      return jax.device_put(state, self.replicated)
     local = jax.local_device_count()
-    return self._to_devices(jax.tree.map(lambda a: jnp.broadcast_to(a, (local,) + a.shape), state))
+    host = jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data)
+                        if isinstance(a, jax.Array) else np.asarray(a), state)
+    return self._to_devices(jax.tree.map(lambda a: np.broadcast_to(a, (local,) + a.shape), host))
 
   @staticmethod
   def _to_devices(tree):
