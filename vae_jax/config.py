@@ -28,7 +28,8 @@ class Config:
   # training loop
   epochs: int = 100
   seed: int = 0                      # fixes init, shuffling and every noise draw
-  loop: str = "scan"                 # 'scan': whole epochs in jitted lax.scan; 'step': one jit per batch
+  loop: str = "scan"                 # 'scan': epochs as jitted lax.scan chunks; 'step': one jit per batch
+  steps_per_chunk: int = 0           # batches per jitted scan; 0: the backend's default (train.py)
   parallel: str = "auto"             # none | sharded | pmap | auto (sharded when >1 device)
   # outputs
   num_samples: int = 16              # generated digits in each epoch's picture (a square number)
@@ -52,6 +53,7 @@ class Config:
     need(self.dtype in ("float32", "bfloat16"), f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
     need(self.kl in ("mc", "analytic"), f"--kl must be mc or analytic, got {self.kl!r}")
     need(self.loop in ("scan", "step"), f"--loop must be scan or step, got {self.loop!r}")
+    need(self.steps_per_chunk >= 0, f"--steps-per-chunk must be >= 0, got {self.steps_per_chunk}")
     need(self.parallel in ("auto", "none", "sharded", "pmap"),
          f"--parallel must be none, sharded, pmap or auto, got {self.parallel!r}")
     need(int(self.num_samples ** 0.5) ** 2 == self.num_samples and self.num_samples > 0,
@@ -65,4 +67,5 @@ def get_config() -> Config:
 
 def tiny() -> Config:
   """A seconds-long preset for tests and CI smoke runs."""
-  return dataclasses.replace(Config(), latent_dim=2, batch_size=8, epochs=2, train_size=32)
+  return dataclasses.replace(Config(), latent_dim=2, batch_size=8, epochs=2, train_size=40,
+                             steps_per_chunk=2)

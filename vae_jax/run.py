@@ -114,6 +114,7 @@ class _Run:
     xs, masks = self.strategy.put_batches(
         *data_lib.batch_stack(self.train_x, order, c.batch_size, self.rows))
     length, unroll = train.default_chunk(jax.default_backend())
+    length = c.steps_per_chunk or length
     if c.loop == "step" or length > self.steps_per_epoch:
       length = 1
     full = self.steps_per_epoch - self.steps_per_epoch % length if length > 1 else 0
