@@ -2,19 +2,24 @@
 
 Run from the repository root, e.g.
   python -m benchmarks.tf_reference --data idx:../shared/data/mnist --epochs 10 --out workdirs/tf.jsonl
-TensorFlow is imported only here and in tests, never in vae_jax/.
+It trains on the arrays the JAX main job trains on (vae_jax.data), in the same batch order, and writes rows
+with the keys of the main job's metrics.jsonl. TensorFlow is imported only here and in tests, never in vae_jax/.
 """
 
 import argparse
-import gzip
 import json
 import os
 import platform
+import sys
 import time
 
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
+
+from vae_jax import data as data_lib
+from vae_jax.config import get_config
+from vae_jax.errors import UserError
 
 
 class CVAE(tf.keras.Model):
@@ -184,31 +189,11 @@ def load_flax_into_tf(flax_model, tf_model):
       variable.assign(keras_params[name][key])
 
 
-def preprocess_images(images):
-  """The tutorial's static binarization: (N, 28, 28, 1) float32 in {0, 1}."""
-  images = images.reshape((images.shape[0], 28, 28, 1)) / 255.
-  return np.where(images > .5, 1.0, 0.0).astype('float32')
-
-
-def _read_idx_images(path):
-  with gzip.open(path, "rb") as f:
-    data = f.read()
-  # IDX image header: magic, count, rows, cols as big-endian int32, then uint8 pixels.
-  count, rows, cols = np.frombuffer(data, ">i4", count=3, offset=4)
-  return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
-
-
-def load_mnist(data):
-  """Binarized (train, test) images; data is "keras" (the tutorial's download) or "idx:DIR" (the four IDX .gz files)."""
-  if data == "keras":
-    (train_images, _), (test_images, _) = tf.keras.datasets.mnist.load_data()
-  elif data.startswith("idx:"):
-    root = data[len("idx:"):]
-    train_images = _read_idx_images(os.path.join(root, "train-images-idx3-ubyte.gz"))
-    test_images = _read_idx_images(os.path.join(root, "t10k-images-idx3-ubyte.gz"))
-  else:
-    raise ValueError(f"data must be 'keras' or 'idx:DIR', got {data!r}")
-  return preprocess_images(train_images), preprocess_images(test_images)
+def load_binarized(spec, train_size):
+  """(train, test) float32 {0, 1} images of `--data spec`, exactly the pixels the JAX main job trains on."""
+  dataset = data_lib.load(spec).take_train(train_size)
+  return (data_lib.binarize(dataset.train_images).astype(np.float32),
+          data_lib.binarize(dataset.test_images).astype(np.float32))
 
 
 def evaluate_elbo(model, test_dataset):
@@ -221,32 +206,58 @@ def evaluate_elbo(model, test_dataset):
   return -total / count
 
 
-def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, seed, on_epoch=None):
-  """Trains the tutorial model on binarized (N, 28, 28, 1) float32 arrays; returns one dict per epoch.
-
-  `seconds` times the training loop only, as the tutorial does; epoch 1 includes tf.function tracing.
-  """
-  # Seeds Python, numpy and TF: the weight init, the reparameterization noise and the shuffle.
-  tf.keras.utils.set_random_seed(seed)
-  train_dataset = (tf.data.Dataset.from_tensor_slices(train_x)
-                   .shuffle(len(train_x), seed=seed).batch(batch_size))
-  test_dataset = tf.data.Dataset.from_tensor_slices(test_x).batch(batch_size)
+def make_model_and_optimizer(latent_dim, learning_rate):
   model = CVAE(latent_dim)
   optimizer = tf.keras.optimizers.Adam(learning_rate)
   # Not in the tutorial: Keras 3 creates Adam's slots on the first apply_gradients, which the shared
-  # tf.function train_step allows only on its very first trace, so a second train_tf call would fail.
+  # tf.function train_step allows only on its very first trace, so a second model would fail.
   optimizer.build(model.trainable_variables)
+  return model, optimizer
+
+
+def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, seed, on_epoch=None):
+  """Trains the tutorial model on binarized (N, 28, 28, 1) float32 arrays; returns one row per epoch.
+
+  Epoch e visits the examples in vae_jax.data.epoch_order(seed, e, N), as the JAX main job does. The
+  first train_step call of each batch shape traces the tf.function: it is timed apart as
+  compile_seconds, and its images are left out of images_per_sec (None when no other call ran).
+  """
+  # Seeds Python, numpy and TF: the weight init and the reparameterization noise.
+  tf.keras.utils.set_random_seed(seed)
+  test_dataset = tf.data.Dataset.from_tensor_slices(test_x).batch(batch_size)
+  model, optimizer = make_model_and_optimizer(latent_dim, learning_rate)
+  traced = set()
 
   history = []
   for epoch in range(1, epochs + 1):
-    start_time = time.time()
-    losses = [(train_step(model, x, optimizer), int(x.shape[0])) for x in train_dataset]
-    # Reading the losses after the loop keeps the host sync out of the timed steps.
-    seconds = time.time() - start_time
-    train_loss = sum(float(loss) * n for loss, n in losses) / len(train_x)
-    record = {"epoch": epoch, "train_loss": train_loss,
-              "test_elbo": evaluate_elbo(model, test_dataset),
-              "seconds": seconds, "images_per_sec": len(train_x) / seconds}
+    epoch_start = time.perf_counter()
+    order = data_lib.epoch_order(seed, epoch, len(train_x))
+    train_dataset = tf.data.Dataset.from_tensor_slices(train_x[order]).batch(batch_size)
+    losses, compile_seconds, traced_images = [], 0.0, 0
+    for x in train_dataset:
+      if tuple(x.shape) in traced:
+        losses.append((train_step(model, x, optimizer), int(x.shape[0])))
+        continue
+      call_start = time.perf_counter()
+      loss = train_step(model, x, optimizer)
+      loss.numpy()
+      compile_seconds += time.perf_counter() - call_start
+      traced.add(tuple(x.shape))
+      traced_images += int(x.shape[0])
+      losses.append((loss, int(x.shape[0])))
+    # One sync at the end: TF may run ahead of the Python loop, and the last step must be in the time.
+    losses[-1][0].numpy()
+    train_seconds = time.perf_counter() - epoch_start - compile_seconds
+    timed_images = len(train_x) - traced_images
+    eval_start = time.perf_counter()
+    test_elbo = evaluate_elbo(model, test_dataset)
+    record = {"epoch": epoch,
+              "train_loss": sum(float(loss) * n for loss, n in losses) / len(train_x),
+              "test_elbo": test_elbo,
+              "images_per_sec": timed_images / train_seconds if timed_images else None,
+              "compile_seconds": compile_seconds, "train_seconds": train_seconds,
+              "eval_seconds": time.perf_counter() - eval_start,
+              "seconds": time.perf_counter() - epoch_start}
     history.append(record)
     if on_epoch is not None:
       on_epoch(record)
@@ -254,22 +265,35 @@ def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, 
 
 
 def main(argv=None):
-  # Defaults are the tutorial's.
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data", default="keras", help='"keras" or "idx:DIR"')
-  parser.add_argument("--epochs", type=int, default=10)
-  parser.add_argument("--batch-size", type=int, default=32)
-  parser.add_argument("--latent-dim", type=int, default=2)
-  parser.add_argument("--learning-rate", type=float, default=1e-4)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", help="JSONL file for the run's metadata and one line per epoch")
+  d = get_config()  # the main job's defaults, so both sides train the same run unless told otherwise
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.tf_reference",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--data", default=d.data, help="tfds:NAME | idx:DIR | mnist-5k | auto")
+  parser.add_argument("--epochs", type=int, default=d.epochs)
+  parser.add_argument("--train-size", type=int, default=d.train_size,
+                      help="use only the first N training examples")
+  parser.add_argument("--batch-size", type=int, default=d.batch_size)
+  parser.add_argument("--latent-dim", type=int, default=d.latent_dim)
+  parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+  parser.add_argument("--seed", type=int, default=d.seed)
+  parser.add_argument("--out", help="JSONL file, one row per epoch (the main job's metrics.jsonl keys)")
   args = parser.parse_args(argv)
 
-  train_x, test_x = load_mnist(args.data)
+  try:
+    for name in ("epochs", "batch_size", "latent_dim"):
+      if getattr(args, name) < 1:
+        raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.out and os.path.exists(args.out):
+      raise UserError(f"--out {args.out} exists; choose a new file")
+    train_x, test_x = load_binarized(args.data, args.train_size)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   meta = {"framework": "tensorflow", "tf_version": tf.__version__, "keras_version": tf.keras.__version__,
           "devices": [d.name for d in tf.config.list_logical_devices()], "machine": platform.machine(),
           "cpu_count": os.cpu_count(), "train_size": len(train_x), "test_size": len(test_x),
           **{k: v for k, v in vars(args).items() if k != "out"}}
+  print(json.dumps({"meta": meta}), flush=True)
   out = open(args.out, "w") if args.out else None
 
   def emit(record):
@@ -279,12 +303,15 @@ def main(argv=None):
       out.write(line + "\n")
       out.flush()
 
-  emit({"meta": meta})
-  train_tf(train_x, test_x, epochs=args.epochs, batch_size=args.batch_size, latent_dim=args.latent_dim,
-           learning_rate=args.learning_rate, seed=args.seed, on_epoch=emit)
-  if out is not None:
-    out.close()
+  try:
+    train_tf(train_x, test_x, epochs=args.epochs, batch_size=args.batch_size,
+             latent_dim=args.latent_dim, learning_rate=args.learning_rate, seed=args.seed,
+             on_epoch=emit)
+  finally:
+    if out is not None:
+      out.close()
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps-per-chunk", type=int, default=d.steps_per_chunk,
                  help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
   p.add_argument("--parallel", choices=("auto", "none", "sharded", "pmap"), default=d.parallel)
+  p.add_argument("--devices", type=int, default=d.devices,
+                 help="data-parallel over this many devices (default: all visible)")
   p.add_argument("--conv-transpose", choices=("subpixel", "xla"), default=d.conv_transpose)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype,
                  help="compute dtype of the layers (parameters and loss stay float32)")
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
       get_config(), data=args.data, epochs=args.epochs, latent_dim=args.latent_dim,
       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
       train_size=args.train_size, kl=args.kl, loop=args.loop, parallel=args.parallel,
-      steps_per_chunk=args.steps_per_chunk,
+      devices=args.devices, steps_per_chunk=args.steps_per_chunk,
       conv_transpose=args.conv_transpose, dtype=args.dtype)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
   from vae_jax import parallel, run  # pylint: disable=import-outside-toplevel

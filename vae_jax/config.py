@@ -31,6 +31,7 @@ class Config:
   loop: str = "scan"                 # 'scan': epochs as jitted lax.scan chunks; 'step': one jit per batch
   steps_per_chunk: int = 0           # batches per jitted scan; 0: the backend's default (train.py)
   parallel: str = "auto"             # none | sharded | pmap | auto (sharded when >1 device)
+  devices: int | None = None         # sharded/pmap over this many devices (None: all visible)
   # outputs
   num_samples: int = 16              # generated digits in each epoch's picture (a square number)
   num_reconstructions: int = 8       # fixed test digits reconstructed in each epoch's picture
@@ -54,6 +55,7 @@ class Config:
     need(self.kl in ("mc", "analytic"), f"--kl must be mc or analytic, got {self.kl!r}")
     need(self.loop in ("scan", "step"), f"--loop must be scan or step, got {self.loop!r}")
     need(self.steps_per_chunk >= 0, f"--steps-per-chunk must be >= 0, got {self.steps_per_chunk}")
+    need(self.devices is None or self.devices >= 1, f"--devices must be >= 1, got {self.devices}")
     need(self.parallel in ("auto", "none", "sharded", "pmap"),
          f"--parallel must be none, sharded, pmap or auto, got {self.parallel!r}")
     need(int(self.num_samples ** 0.5) ** 2 == self.num_samples and self.num_samples > 0,

@@ -135,8 +135,9 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
     raise DataError(f"tfds:{name} needs tensorflow-datasets ({e})") from None
 
   def _load(download):
-    return tfds.load(name, split=["train", "test"], batch_size=-1, download=download,
-                     data_dir=data_dir)
+    # Batched reads rather than batch_size=-1, which crashes TF 2.21 under tfds' mock_data.
+    return [ds.batch(10_000) for ds in tfds.load(name, split=["train", "test"],
+                                                 download=download, data_dir=data_dir)]
 
   try:
     try:
@@ -153,13 +154,14 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
   except Exception as e:  # pylint: disable=broad-except
     first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise DataError(f"tfds:{name}: {first_line}") from None
-  (train, test) = [tfds.as_numpy(s) for s in splits]
   arrays = []
-  for split in (train, test):
-    images = np.asarray(split["image"])
+  for split in splits:
+    batches = list(tfds.as_numpy(split))
+    images = np.concatenate([b["image"] for b in batches])
     if images.shape[1:] != (28, 28, 1):
       raise DataError(f"tfds:{name}: images have shape {images.shape[1:]}, expected (28, 28, 1)")
-    labels = np.asarray(split["label"]) if "label" in split else np.zeros(len(images), np.int64)
+    labels = (np.concatenate([b["label"] for b in batches]) if "label" in batches[0]
+              else np.zeros(len(images), np.int64))
     arrays += [images.astype(np.uint8), labels.astype(np.int64)]
   return Dataset(f"tfds:{name}", *arrays)
 

@@ -42,8 +42,3 @@ def negative_elbo_terms(x_logits, x, z, mean, logvar, kl: str = "mc"):
     raise ValueError(f"kl must be 'mc' or 'analytic', got {kl!r}")
   return {"loss": rec + kl_term, "rec": rec, "kl": kl_term}
 
-
-def masked_mean(terms, mask):
-  """Means of per-example terms over the examples where mask is 1 (padding rows have mask 0)."""
-  count = jnp.maximum(jnp.sum(mask), 1.0)
-  return {k: jnp.sum(v * mask) / count for k, v in terms.items()}

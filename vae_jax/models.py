@@ -45,7 +45,7 @@ def subpixel_conv_transpose(x, kernel, bias):
   n, h, w, _ = y.shape
   out = kernel.shape[-1]
   y = y.reshape(n, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, out)
-  return y + bias.astype(y.dtype)
+  return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
 
 
 class CVAE(nnx.Module):

@@ -49,11 +49,17 @@ class Strategy:
     """The collective axis inside pmap'd functions (the others need none: jit partitions them)."""
     return DATA_AXIS if self.kind == "pmap" else None
 
+  @property
+  def local_devices(self) -> list:
+    """This process's devices in the mesh, in mesh order."""
+    return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+
   def check_batch(self, batch_size: int) -> None:
     if batch_size % self.num_devices:
       raise UserError(
           f"--batch-size {batch_size} does not divide over {self.num_devices} devices "
-          f"({jax.process_count()} process(es)); use a multiple of {self.num_devices} or fewer devices")
+          f"({jax.process_count()} process(es)); use a multiple of {self.num_devices} "
+          "or fewer --devices")
 
   def process_rows(self, batch_size: int) -> slice:
     """The columns of every global batch that this process feeds."""
@@ -67,15 +73,14 @@ class Strategy:
     """Places a host (or replicated) pytree on the devices: replicated, or one copy per device for pmap."""
     if self.kind != "pmap":
       return jax.device_put(state, self.replicated)
-    local = jax.local_device_count()
+    local = len(self.local_devices)
     host = jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data)
                         if isinstance(a, jax.Array) else np.asarray(a), state)
     return self._to_devices(jax.tree.map(lambda a: np.broadcast_to(a, (local,) + a.shape), host))
 
-  @staticmethod
-  def _to_devices(tree):
+  def _to_devices(self, tree):
     """Per-device arrays in the layout pmap'd functions take and return (no copy per call)."""
-    return jax.pmap(lambda t: t, axis_name=DATA_AXIS)(tree)
+    return jax.pmap(lambda t: t, axis_name=DATA_AXIS, devices=self.mesh.devices.tolist())(tree)
 
   def host_state(self, state):
     """A replicated (single-copy) view of the state for checkpoints and pictures."""
@@ -87,7 +92,7 @@ class Strategy:
   def put_batches(self, x_local: np.ndarray, mask_local: np.ndarray):
     """Places this process's (steps, batch/processes, ...) stack; pmap gets (devices, steps, ...)."""
     if self.kind == "pmap":
-      local = jax.local_device_count()
+      local = len(self.local_devices)
       def split(a):
         a = a.reshape(a.shape[0], local, a.shape[1] // local, *a.shape[2:])
         return np.swapaxes(a, 0, 1)
@@ -109,20 +114,41 @@ class Strategy:
     donate = tuple(i for i, k in enumerate(in_kinds) if k == "state") if donate_state else ()
     if self.kind == "pmap":
       in_axes = tuple(None if k == "shared" else 0 for k in in_kinds)
-      return jax.pmap(fn, axis_name=DATA_AXIS, in_axes=in_axes, donate_argnums=donate)
+      return jax.pmap(fn, axis_name=DATA_AXIS, in_axes=in_axes, donate_argnums=donate,
+                      devices=self.mesh.devices.tolist())
     return jax.jit(fn, donate_argnums=donate, out_shardings=self.replicated)
 
 
-def make_strategy(kind: str = "auto") -> Strategy:
-  """The placement strategy for `kind`; 'auto' means sharded when more than one device is visible."""
+def _pick_devices(num_devices: int | None) -> list:
+  """The first num_devices / processes devices of every process (all when None), process-major.
+
+  Process-major order puts each process's slice of the global batch (`process_rows`) on its own
+  devices.
+  """
+  total, processes = jax.device_count(), jax.process_count()
+  n = total if num_devices is None else num_devices
+  if not 1 <= n <= total:
+    raise UserError(f"--devices {n} must be between 1 and the {total} visible devices")
+  if n % processes:
+    raise UserError(f"--devices {n} must be a multiple of the {processes} processes")
+  return [d for p in range(processes) for d in jax.local_devices(process_index=p)[:n // processes]]
+
+
+def make_strategy(kind: str = "auto", num_devices: int | None = None) -> Strategy:
+  """The placement strategy for `kind` on `num_devices` devices (None: all).
+
+  'auto' means sharded when more than one device would be used.
+  """
   if kind == "auto":
-    kind = "sharded" if jax.device_count() > 1 else "none"
+    kind = "sharded" if (num_devices or jax.device_count()) > 1 else "none"
   if kind == "none":
     if jax.process_count() > 1:
-      raise UserError("--parallel none runs one device; with several processes use sharded or pmap")
+      raise UserError("--parallel none runs on one device; with several processes use sharded or pmap")
+    if num_devices not in (None, 1):
+      raise UserError(f"--parallel none runs on one device, not --devices {num_devices}")
     devices = np.array(jax.devices()[:1])
   elif kind in ("sharded", "pmap"):
-    devices = np.array(jax.devices())
+    devices = np.array(_pick_devices(num_devices))
   else:
     raise UserError(f"--parallel must be none, sharded, pmap or auto, got {kind!r}")
   mesh = jax.sharding.Mesh(devices, (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))

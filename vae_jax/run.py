@@ -18,6 +18,8 @@ from vae_jax.config import Config
 from vae_jax.errors import UserError
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+# Settings a resumed run may change: results depend on neither the placement nor the device count.
+RESUMABLE_CHANGES = ("epochs", "parallel", "devices")
 
 
 class TrainingDiverged(UserError):
@@ -54,7 +56,7 @@ def _prepare_workdir(config: Config, workdir: str, resume: bool) -> None:
   with open(config_path) as f:
     saved = json.load(f)
   differ = [k for k, v in dataclasses.asdict(config).items()
-            if k != "epochs" and saved.get(k) != v]
+            if k not in RESUMABLE_CHANGES and saved.get(k) != v]
   if differ:
     changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in differ)
     raise UserError(f"--resume: settings differ from the run in {workdir} ({changes})")
@@ -65,7 +67,7 @@ class _Run:
 
   def __init__(self, config: Config, workdir: str, dataset: data_lib.Dataset):
     self.config, self.workdir = config, workdir
-    self.strategy = parallel.make_strategy(config.parallel)
+    self.strategy = parallel.make_strategy(config.parallel, config.devices)
     self.strategy.check_batch(config.batch_size)
     self.train_x = data_lib.binarize(dataset.train_images)
     self.test_x = data_lib.binarize(dataset.test_images)
@@ -80,7 +82,7 @@ class _Run:
     self.steps_per_epoch = data_lib.num_batches(len(self.train_x), config.batch_size)
 
   def host_params(self):
-    return train.fetch(self.strategy.host_state(self.state).params)
+    return train.fetch(self.state.params)
 
   # ------------------------------------------------------------ pictures
 
@@ -223,3 +225,22 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
   if rows:
     run.save_final_pictures(rows)
   return rows
+
+
+def restore_model(workdir: str) -> tuple[Config, int, nnx.Module]:
+  """(config, epoch, model) of the newest checkpoint in a run's workdir, on the default device."""
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise UserError(f"{workdir} holds no run ({CONFIG_FILE} not found)")
+  with open(config_path) as f:
+    config = Config(**json.load(f))
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
+  try:
+    epoch = checkpoints.latest_epoch()
+    if epoch is None:
+      raise UserError(f"{workdir} has no checkpoint")
+    graphdef, like = train.init_state(config)
+    state = checkpoints.restore(epoch, like, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  finally:
+    checkpoints.close()
+  return config, epoch, nnx.merge(graphdef, state.params)

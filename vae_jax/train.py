@@ -200,6 +200,10 @@ class Steps:
       start = time.perf_counter()
       self._compiled[key] = fn.lower(*args).compile()
       self.compile_seconds += time.perf_counter() - start
+    if self.strategy.kind == "pmap" and jax.process_count() > 1:
+      # Multi-process pmap compiles for global arrays and only its wrapper turns this process's
+      # arrays into them (jax 0.10 pmap.py); the wrapper reuses the compilation above.
+      return fn(*args)
     return self._compiled[key](*args)
 
 

@@ -1,0 +1,182 @@
+"""Training and evaluation throughput of one framework, in its own process, on batches already on the device.
+
+  python -m benchmarks.throughput --framework jax --batch-size 100 --latent-dim 50 --steps 500 --out jax.json
+
+One recipe for both frameworks. The first call is timed apart as compile_seconds (JAX: the ahead-of-time
+compile of vae_jax.train.Steps; TF: the first tf.function call, which traces, optimizes and runs one step).
+One untimed warm-up call follows. Then --steps training steps run twice: synced once at the end, for
+images_per_sec; synced after every call, for the per-step median and p90. JAX runs the main job's
+compiled lax.scan chunks, so its per-step time is a chunk's wall time over its length; TF runs the
+tutorial's tf.function train_step once per batch. Evaluation is the forward loss only: JAX's compiled
+evaluate, TF's eager compute_loss as in the tutorial. Peak memory is the process's ru_maxrss (host).
+"""
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from vae_jax import data as data_lib
+from vae_jax.config import get_config
+
+TF_BATCHES = 10  # distinct batches TF cycles through (JAX uses one chunk's worth)
+
+
+@dataclasses.dataclass
+class Bench:
+  """One framework's model, ready to be timed: each call returns what `sync` waits for."""
+  device: str
+  train: Callable[[], Any]         # one call: `steps_per_call` optimizer steps
+  steps_per_call: int
+  evaluate: Callable[[], Any]      # one call: the forward loss of `eval_images_per_call` images
+  eval_images_per_call: int
+  sync: Callable[[Any], Any]
+  compile_seconds: Callable[[float], float]  # from the first train call's seconds
+  device_peak_mib: Callable[[], float | None]
+
+
+def random_batches(seed: int, count: int, batch_size: int) -> np.ndarray:
+  """(count, batch, 28, 28, 1) uint8 {0, 1}: uniform noise binarized as the data is."""
+  rng = np.random.default_rng(seed)
+  return data_lib.binarize(rng.integers(0, 256, (count, batch_size, 28, 28, 1), dtype=np.uint8))
+
+
+def jax_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
+  """The main job's own compiled functions (vae_jax.train.Steps) on one device."""
+  # Imported here so that a TF run never loads JAX, and the other way round.
+  import jax  # pylint: disable=import-outside-toplevel
+  from vae_jax import parallel, train  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(get_config(), batch_size=batch_size, latent_dim=latent_dim,
+                               seed=seed, parallel="none")
+  strategy = parallel.make_strategy("none")
+  graphdef, state = train.init_state(config)
+  steps = train.Steps(graphdef, config, strategy)
+  length, unroll = train.default_chunk(jax.default_backend())
+  x_u8 = random_batches(seed, length, batch_size)
+  xs, masks = strategy.put_batches(x_u8, np.ones(x_u8.shape[:2], np.float32))
+  chunk = steps.chunk(length, unroll)
+  keys = train.run_keys(seed)
+  state = strategy.put_state(state)
+
+  def train_call():
+    nonlocal state  # donated by each call: only the newest state is alive
+    state, sums, _ = steps.call(chunk, state, xs, masks, keys.noise, 0)
+    return state, sums
+
+  def device_peak_mib():
+    stats = jax.devices()[0].memory_stats()  # None on CPU
+    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+
+  device = jax.devices()[0]
+  return Bench(
+      device=device.platform if device.platform == "cpu" else f"{device.platform}: {device.device_kind}",
+      train=train_call, steps_per_call=length,
+      evaluate=lambda: steps.call(steps.evaluate, state.params, xs, masks, keys.eval),
+      eval_images_per_call=length * batch_size, sync=jax.block_until_ready,
+      compile_seconds=lambda first_call: steps.compile_seconds, device_peak_mib=device_peak_mib)
+
+
+def tf_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
+  """The tutorial's train_step and compute_loss (benchmarks.tf_reference)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from benchmarks import tf_reference as tfr  # pylint: disable=import-outside-toplevel
+  tf.keras.utils.set_random_seed(seed)
+  model, optimizer = tfr.make_model_and_optimizer(latent_dim, get_config().learning_rate)
+  # tf.identity runs on the default device (the GPU when there is one), so the batches live there.
+  batches = tf.unstack(tf.identity(tf.constant(
+      random_batches(seed, TF_BATCHES, batch_size).astype(np.float32))))
+  cycle = itertools.cycle(batches)
+  gpus = tf.config.list_physical_devices("GPU")
+
+  def device_peak_mib():
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpus else None
+
+  device = (f"gpu: {tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)}"
+            if gpus else "cpu")
+  return Bench(
+      device=device, train=lambda: tfr.train_step(model, next(cycle), optimizer), steps_per_call=1,
+      evaluate=lambda: tfr.evaluate_elbo(model, batches),
+      eval_images_per_call=TF_BATCHES * batch_size, sync=np.asarray,
+      # No separate compile step: the first call's whole time is the price of tracing.
+      compile_seconds=lambda first_call: first_call, device_peak_mib=device_peak_mib)
+
+
+def time_calls(call: Callable[[], Any], sync: Callable[[Any], Any], count: int):
+  """(seconds for `count` calls synced once at the end, list of each call's seconds synced after it)."""
+  start = time.perf_counter()
+  for _ in range(count - 1):
+    call()
+  sync(call())
+  total = time.perf_counter() - start
+  each = []
+  for _ in range(count):
+    start = time.perf_counter()
+    sync(call())
+    each.append(time.perf_counter() - start)
+  return total, each
+
+
+def measure(bench: Bench, batch_size: int, steps: int) -> dict:
+  """The benchmark's numbers for `steps` training steps (rounded up to whole calls)."""
+  start = time.perf_counter()
+  bench.sync(bench.train())
+  compile_seconds = bench.compile_seconds(time.perf_counter() - start)
+  bench.sync(bench.train())  # warm-up
+  bench.sync(bench.evaluate())  # JAX: compiles evaluate; both: warm-up
+  calls = math.ceil(steps / bench.steps_per_call)
+  total, each = time_calls(bench.train, bench.sync, calls)
+  step_ms = np.asarray(each) * 1e3 / bench.steps_per_call
+  eval_calls = math.ceil(calls * bench.steps_per_call * batch_size / bench.eval_images_per_call)
+  eval_total, _ = time_calls(bench.evaluate, bench.sync, eval_calls)
+  return {
+      "device": bench.device,
+      "batch_size": batch_size,
+      "steps_timed": calls * bench.steps_per_call,
+      "steps_per_call": bench.steps_per_call,
+      "compile_seconds": compile_seconds,
+      "images_per_sec": calls * bench.steps_per_call * batch_size / total,
+      "step_ms_median": float(np.median(step_ms)),
+      "step_ms_p90": float(np.percentile(step_ms, 90)),
+      "eval_images_per_sec": eval_calls * bench.eval_images_per_call / eval_total,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+      "device_peak_mib": bench.device_peak_mib(),
+  }
+
+
+def main(argv=None) -> int:
+  d = get_config()
+  p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--framework", choices=("jax", "tf"), required=True)
+  p.add_argument("--batch-size", type=int, default=d.batch_size)
+  p.add_argument("--latent-dim", type=int, default=d.latent_dim)
+  p.add_argument("--steps", type=int, default=500, help="training steps timed (whole calls)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", help="write the result as JSON here too")
+  args = p.parse_args(argv)
+  for name in ("batch_size", "latent_dim", "steps"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  if args.out and os.path.exists(args.out):
+    p.error(f"--out {args.out} exists; choose a new file")
+  make = jax_bench if args.framework == "jax" else tf_bench
+  result = {"framework": args.framework, "latent_dim": args.latent_dim,
+            **measure(make(args.batch_size, args.latent_dim, args.seed), args.batch_size, args.steps)}
+  line = json.dumps(result)
+  print(line)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(line + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

