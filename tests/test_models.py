@@ -59,23 +59,26 @@ def test_invalid_constructor_arguments():
     models.CVAE(2, rngs=nnx.Rngs(0), conv_transpose="fft")
 
 
-@pytest.mark.parametrize("cin,cout", [(32, 64), (3, 5)])
-def test_subpixel_conv_transpose_equals_xla_outputs_and_gradients(cin, cout):
-  layer = nnx.ConvTranspose(cin, cout, (3, 3), strides=2, padding="SAME", rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("fast,stride,cin,cout", [
+    (models.subpixel_conv_transpose, 2, 32, 64),
+    (models.subpixel_conv_transpose, 2, 3, 5),
+    (models.tap_matmul_conv_transpose, 1, 32, 1),
+    (models.tap_matmul_conv_transpose, 1, 4, 3),
+])
+def test_fast_conv_transpose_equals_xla_outputs_and_gradients(fast, stride, cin, cout):
+  layer = nnx.ConvTranspose(cin, cout, (3, 3), strides=stride, padding="SAME", rngs=nnx.Rngs(0))
   layer.bias[...] = jax.random.normal(jax.random.key(4), (cout,))
   x = jax.random.normal(jax.random.key(5), (3, 7, 7, cin))
   kernel, bias = layer.kernel[...], layer.bias[...]
-  cotangent = jax.random.normal(jax.random.key(6), (3, 14, 14, cout))
+  cotangent = jax.random.normal(jax.random.key(6), (3, 7 * stride, 7 * stride, cout))
 
   def reference(x, kernel, bias):
-    return jax.lax.conv_transpose(x, kernel, (2, 2), "SAME",
+    return jax.lax.conv_transpose(x, kernel, (stride, stride), "SAME",
                                   dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias.reshape(1, 1, 1, -1)
 
   np.testing.assert_allclose(layer(x), reference(x, kernel, bias), rtol=1e-5, atol=1e-5)
-  out = models.subpixel_conv_transpose(x, kernel, bias)
-  np.testing.assert_allclose(out, reference(x, kernel, bias), rtol=1e-5, atol=1e-5)
-  grads = jax.grad(lambda *a: jnp.sum(models.subpixel_conv_transpose(*a) * cotangent),
-                   argnums=(0, 1, 2))(x, kernel, bias)
+  np.testing.assert_allclose(fast(x, kernel, bias), reference(x, kernel, bias), rtol=1e-5, atol=1e-5)
+  grads = jax.grad(lambda *a: jnp.sum(fast(*a) * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
   want = jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
   for g, w in zip(grads, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

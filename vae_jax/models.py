@@ -48,6 +48,28 @@ def subpixel_conv_transpose(x, kernel, bias):
   return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
 
 
+def tap_matmul_conv_transpose(x, kernel, bias):
+  """Stride-1, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) as one matmul.
+
+  Output pixel o takes tap k from input o + k - 1. Multiplying every input pixel by all nine taps
+  at once (one GEMM to 9*out channels) and adding the nine shifted results gives the same
+  numbers; XLA's own convolution is slow here because the layer has a single output channel.
+  """
+  assert kernel.shape[:2] == (3, 3), kernel.shape
+  n, h, w, c_in = x.shape
+  c_out = kernel.shape[-1]
+  taps = jnp.dot(x.reshape(-1, c_in), kernel.astype(x.dtype).transpose(2, 0, 1, 3).reshape(c_in, -1))
+  taps = taps.reshape(n, h, w, 3, 3, c_out)
+  zero = jnp.zeros((), taps.dtype)
+  y = 0
+  for kh in range(3):
+    for kw in range(3):
+      # lax.pad with negative padding shifts: input pixel i lands on output pixel i + 1 - k.
+      y = y + jax.lax.pad(taps[:, :, :, kh, kw, :], zero,
+                          ((0, 0, 0), (1 - kh, kh - 1, 0), (1 - kw, kw - 1, 0), (0, 0, 0)))
+  return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
+
+
 class CVAE(nnx.Module):
   """Convolutional VAE of the TensorFlow tutorial: q(z|x) diagonal Gaussian, p(x|z) Bernoulli logits."""
 
@@ -76,17 +98,18 @@ class CVAE(nnx.Module):
     mean, logvar = jnp.split(h, 2, axis=-1)
     return mean, logvar
 
-  def _deconv_stride2(self, layer, h):
+  def _deconv(self, layer, h, stride: int):
     if self.conv_transpose == "xla":
       return layer(h)
-    return subpixel_conv_transpose(h, layer.kernel[...], layer.bias[...])
+    fast = subpixel_conv_transpose if stride == 2 else tap_matmul_conv_transpose
+    return fast(h, layer.kernel[...], layer.bias[...])
 
   def decode(self, z_BxL, apply_sigmoid: bool = False):
     """Returns Bernoulli logits of p(x|z), (batch, 28, 28, 1); probabilities with apply_sigmoid."""
     h = nnx.relu(self.dec_dense(z_BxL)).reshape(-1, 7, 7, 32)
-    h = nnx.relu(self._deconv_stride2(self.dec_deconv1, h))
-    h = nnx.relu(self._deconv_stride2(self.dec_deconv2, h))
-    x_logits = self.dec_deconv3(h)
+    h = nnx.relu(self._deconv(self.dec_deconv1, h, 2))
+    h = nnx.relu(self._deconv(self.dec_deconv2, h, 2))
+    x_logits = self._deconv(self.dec_deconv3, h, 1)
     return nnx.sigmoid(x_logits) if apply_sigmoid else x_logits
 
   def __call__(self, x_BHWC, eps_BxL):
