@@ -56,10 +56,11 @@ class Strategy:
 
   def check_batch(self, batch_size: int) -> None:
     if batch_size % self.num_devices:
-      raise UserError(
-          f"--batch-size {batch_size} does not divide over {self.num_devices} devices "
-          f"({jax.process_count()} process(es)); use a multiple of {self.num_devices} "
-          "or fewer --devices")
+      where = f"{self.num_devices} devices"
+      if jax.process_count() > 1:
+        where += f" in {jax.process_count()} processes"
+      raise UserError(f"--batch-size {batch_size} does not divide over {where}; "
+                      f"use a multiple of {self.num_devices} or fewer --devices")
 
   def process_rows(self, batch_size: int) -> slice:
     """The columns of every global batch that this process feeds."""
@@ -143,7 +144,8 @@ def make_strategy(kind: str = "auto", num_devices: int | None = None) -> Strateg
     kind = "sharded" if (num_devices or jax.device_count()) > 1 else "none"
   if kind == "none":
     if jax.process_count() > 1:
-      raise UserError("--parallel none runs on one device; with several processes use sharded or pmap")
+      raise UserError("--parallel none runs on one device; with several processes use "
+                      "sharded or pmap")
     if num_devices not in (None, 1):
       raise UserError(f"--parallel none runs on one device, not --devices {num_devices}")
     devices = np.array(jax.devices()[:1])
