@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 
 from vae_jax.config import Config, get_config
 
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
       devices=args.devices, steps_per_chunk=args.steps_per_chunk,
       conv_transpose=args.conv_transpose, dtype=args.dtype)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
+  warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
   from vae_jax import parallel, run  # pylint: disable=import-outside-toplevel
   from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
