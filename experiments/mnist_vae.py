@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--parallel", choices=("auto", "none", "sharded", "pmap"), default=d.parallel)
   p.add_argument("--devices", type=int, default=d.devices,
                  help="data-parallel over this many devices (default: all visible)")
-  p.add_argument("--conv-transpose", choices=("subpixel", "xla"), default=d.conv_transpose)
+  p.add_argument("--conv-transpose", choices=("gemm", "xla"), default=d.conv_transpose)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype,
                  help="compute dtype of the layers (parameters and loss stay float32)")
   p.add_argument("--workdir", default="runs/mnist_vae", help="outputs; never overwritten")

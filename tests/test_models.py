@@ -60,8 +60,8 @@ def test_invalid_constructor_arguments():
 
 
 @pytest.mark.parametrize("fast,stride,cin,cout", [
-    (models.subpixel_conv_transpose, 2, 32, 64),
-    (models.subpixel_conv_transpose, 2, 3, 5),
+    (models.phase_conv_transpose, 2, 32, 64),
+    (models.phase_conv_transpose, 2, 3, 5),
     (models.tap_matmul_conv_transpose, 1, 32, 1),
     (models.tap_matmul_conv_transpose, 1, 4, 3),
 ])
@@ -85,7 +85,7 @@ def test_fast_conv_transpose_equals_xla_outputs_and_gradients(fast, stride, cin,
 
 
 def test_whole_model_same_with_either_conv_transpose():
-  a = models.CVAE(4, rngs=nnx.Rngs(7), conv_transpose="subpixel")
+  a = models.CVAE(4, rngs=nnx.Rngs(7), conv_transpose="gemm")
   b = models.CVAE(4, rngs=nnx.Rngs(7), conv_transpose="xla")
   x = (jax.random.uniform(jax.random.key(8), (2, 28, 28, 1)) > 0.5).astype(jnp.float32)
   eps = jax.random.normal(jax.random.key(9), (2, 4))

@@ -20,7 +20,7 @@ class Config:
   batch_size: int = 100              # global batch, split over devices and hosts
   # model
   latent_dim: int = 50               # 2 gives the latent-manifold picture
-  conv_transpose: str = "subpixel"   # 'subpixel' (fast, exact) or 'xla' (lax.conv_transpose)
+  conv_transpose: str = "gemm"   # 'gemm' (exact, as matmuls) or 'xla' (lax.conv_transpose)
   dtype: str = "float32"             # compute dtype of the layers; 'bfloat16' is an option on GPU
   # objective and optimizer
   kl: str = "mc"                     # 'mc': the seed's one-sample estimate; 'analytic': closed form
@@ -49,8 +49,8 @@ class Config:
          f"--learning-rate must be a positive finite number, got {self.learning_rate}")
     need(self.train_size is None or self.train_size >= 1,
          f"--train-size must be >= 1, got {self.train_size}")
-    need(self.conv_transpose in ("subpixel", "xla"),
-         f"--conv-transpose must be subpixel or xla, got {self.conv_transpose!r}")
+    need(self.conv_transpose in ("gemm", "xla"),
+         f"--conv-transpose must be gemm or xla, got {self.conv_transpose!r}")
     need(self.dtype in ("float32", "bfloat16"), f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
     need(self.kl in ("mc", "analytic"), f"--kl must be mc or analytic, got {self.kl!r}")
     need(self.loop in ("scan", "step"), f"--loop must be scan or step, got {self.loop!r}")
