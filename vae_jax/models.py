@@ -14,31 +14,70 @@ _BIAS_INIT = nnx.initializers.zeros_init()
 ConvTransposeImpl = Literal["gemm", "xla"]
 
 
-def phase_conv_transpose(x, kernel, bias):
-  """Stride-2, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) as nine matmuls.
+# Stride-2 transposed convolution, phase by phase. With lax.conv_transpose's SAME padding (2
+# before, 1 after the dilated input), output row 2m takes kernel row 0 from input row m-1 and
+# row 2 from input row m; output row 2m+1 takes row 1 from input row m (columns alike).
+# _PHASE_TAPS[phase] = ((kernel index, shift), ...): output pixel m of that phase adds the
+# product of input pixel m - shift with that kernel tap.
+_PHASE_TAPS = {0: ((0, 1), (2, 0)), 1: ((1, 0),)}
+# The nine (output phase, kernel tap) pairs: each tap serves exactly one phase.
+_TAP_ORDER = tuple((a, b, kh, sh, kw, sw) for a in range(2) for b in range(2)
+                   for kh, sh in _PHASE_TAPS[a] for kw, sw in _PHASE_TAPS[b])
 
-  With lax.conv_transpose's SAME padding (2 before, 1 after the dilated input), output row 2m
-  takes tap 0 from input row m-1 and tap 2 from row m; output row 2m+1 takes tap 1 from row m
-  (columns alike). So each tap is one matmul of all input pixels, the four output phases are
-  sums of those products shifted by at most one pixel, and interleaving the phases gives the
-  output: the same numbers without multiplying the zeros of XLA's dilated form (whose kernel
-  gradient is slow, jax issues #23783, #31662) and with every FLOP in a matmul.
-  """
-  assert kernel.shape[:2] == (3, 3), kernel.shape
+
+def _phase_sums(x, kernel):
   n, h, w, c_in = x.shape
   c_out = kernel.shape[-1]
   x_2d = x.reshape(-1, c_in)
-  kernel = kernel.astype(x.dtype)
 
-  def tap(kh, kw, shift_h, shift_w):  # product with tap (kh, kw), moved down/right by the shifts
+  def tap(kh, kw, sh, sw):  # the tap's product, moved down/right by its shifts
     y = jnp.dot(x_2d, kernel[kh, kw]).reshape(n, h, w, c_out)
-    return jnp.pad(y, ((0, 0), (shift_h, 0), (shift_w, 0), (0, 0)))[:, :h, :w]
+    return jnp.pad(y, ((0, 0), (sh, 0), (sw, 0), (0, 0)))[:, :h, :w]
 
-  taps = {0: ((0, 1), (2, 0)), 1: ((1, 0),)}  # phase -> ((tap, shift), ...)
-  phases = [sum(tap(kh, kw, sh, sw) for kh, sh in taps[a] for kw, sw in taps[b])
+  phases = [sum(tap(kh, kw, sh, sw) for kh, sh in _PHASE_TAPS[a] for kw, sw in _PHASE_TAPS[b])
             for a in range(2) for b in range(2)]
   y = jnp.stack(phases, axis=3).reshape(n, h, w, 2, 2, c_out)
-  y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
+  return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
+
+
+def _phase_conv_transpose_fwd(x, kernel):
+  return _phase_sums(x, kernel), (x, kernel)
+
+
+def _phase_conv_transpose_bwd(residuals, dy):
+  """Both gradients as one matmul each over the nine taps' output gradients side by side."""
+  x, kernel = residuals
+  n, h, w, c_in = x.shape
+  c_out = kernel.shape[-1]
+  dy_phases = dy.reshape(n, h, 2, w, 2, c_out)
+  # Tap (kh, kw)'s product at input pixel i landed on output pixel i + shift of its phase.
+  dtaps = [jnp.pad(dy_phases[:, sh:, a, sw:, b, :], ((0, 0), (0, sh), (0, sw), (0, 0)))
+           for a, b, kh, sh, kw, sw in _TAP_ORDER]
+  dtaps = jnp.stack(dtaps, axis=3).reshape(n * h * w, 9 * c_out)
+  kernels = jnp.stack([kernel[kh, kw] for _, _, kh, _, kw, _ in _TAP_ORDER], axis=1)
+  dx = jnp.dot(dtaps, kernels.reshape(c_in, 9 * c_out).T).reshape(x.shape)
+  dkernels = jnp.dot(x.reshape(-1, c_in).T, dtaps).reshape(c_in, 9, c_out)
+  dkernel = jnp.zeros_like(kernel)
+  for i, (_, _, kh, _, kw, _) in enumerate(_TAP_ORDER):
+    dkernel = dkernel.at[kh, kw].set(dkernels[:, i])
+  return dx, dkernel
+
+
+_phase_conv_transpose = jax.custom_vjp(_phase_sums)
+_phase_conv_transpose.defvjp(_phase_conv_transpose_fwd, _phase_conv_transpose_bwd)
+
+
+def phase_conv_transpose(x, kernel, bias):
+  """Stride-2, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) as matmuls.
+
+  Each kernel tap is one matmul over all input pixels; the four output phases (even/odd rows
+  and columns) are sums of those products shifted by at most one pixel, interleaved. The
+  numbers are the same as XLA's dilated form without its multiplications by inserted zeros,
+  whose kernel gradient XLA computes slowly (jax issues #23783, #31662); the backward pass is
+  one matmul per gradient.
+  """
+  assert kernel.shape[:2] == (3, 3), kernel.shape
+  y = _phase_conv_transpose(x, kernel.astype(x.dtype))
   return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
 
 
