@@ -44,17 +44,23 @@ for r in spec["runs"]:
 """
 
 
-def _start(runs, num_devices: int, distributed=(None, None, None)) -> subprocess.Popen:
+def _start(runs, num_devices: int, log: str, distributed=(None, None, None)) -> subprocess.Popen:
+  """Starts a child; its output goes to a file, as a full pipe would stall it and its peers."""
   env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONPATH=REPO)
   spec = json.dumps({"distributed": list(distributed), "runs": runs})
-  return subprocess.Popen([sys.executable, "-c", CHILD, spec], cwd=REPO, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  with open(log, "w") as f:
+    process = subprocess.Popen([sys.executable, "-c", CHILD, spec], cwd=REPO, env=env,
+                               stdout=f, stderr=subprocess.STDOUT)
+  process.log = log
+  return process
 
 
 def _finish(process: subprocess.Popen) -> list[dict]:
   """Waits for a child; returns the errors it reported."""
-  out, err = process.communicate(timeout=600)
-  assert process.returncode == 0, err[-3000:]
+  process.wait(timeout=600)
+  with open(process.log) as f:
+    out = f.read()
+  assert process.returncode == 0, out[-3000:]
   return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -114,8 +120,9 @@ def runs(tmp_path_factory, data):
   resume = dict(workdir=str(root / "resumed"), resume=True,
                 config=dict(data=data, parallel="sharded", devices=2, loop="step"))
   address = f"localhost:{_free_port()}"
-  children = [_start(spec(single) + [resume], 4)]
-  children += [_start(spec(multi), 2, (address, 2, i)) for i in range(2)]
+  children = [_start(spec(single) + [resume], 4, str(root / "single.log"))]
+  children += [_start(spec(multi), 2, str(root / f"multi{i}.log"), (address, 2, i))
+               for i in range(2)]
   try:
     errors = [_finish(child) for child in children]
   finally:  # a failed process leaves its peer waiting in a collective

@@ -9,6 +9,7 @@ import dataclasses
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vae_jax.errors import UserError
@@ -28,6 +29,12 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
   if not 0 <= process_id < num_processes:
     raise UserError(f"--process-id {process_id} must be in [0, {num_processes})")
   jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def sync_processes(name: str) -> None:
+  """Returns when every process has called it with `name` (at once with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 @dataclasses.dataclass(frozen=True)

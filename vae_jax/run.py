@@ -176,6 +176,8 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
   """Trains config.epochs epochs, writing metrics, pictures and checkpoints to `workdir`."""
   config.validate()
   _prepare_workdir(config, workdir, resume)
+  earlier_rows = read_metrics(workdir)
+  parallel.sync_processes("workdir read")  # by every process before any process writes to it
   dataset = data_lib.load(config.data).take_train(config.train_size)
   if len(dataset.test_images) == 0:
     raise UserError(f"{dataset.name} has no test images")
@@ -192,7 +194,7 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
   elif _is_main():
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
       json.dump(dataclasses.asdict(config), f, indent=2)
-  rows = [r for r in read_metrics(workdir) if r["epoch"] <= start_epoch]
+  rows = [r for r in earlier_rows if r["epoch"] <= start_epoch]
   if _is_main():  # epochs after the last checkpoint are redone, identically, so drop their rows
     with open(os.path.join(workdir, METRICS_FILE), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
