@@ -41,6 +41,7 @@ class Bench:
   sync: Callable[[Any], Any]
   compile_seconds: Callable[[float], float]  # from the first train call's seconds
   device_peak_mib: Callable[[], float | None]
+  flops_per_step: float | None = None  # XLA's cost analysis of the compiled training step
 
 
 def random_batches(seed: int, count: int, batch_size: int) -> np.ndarray:
@@ -49,17 +50,21 @@ def random_batches(seed: int, count: int, batch_size: int) -> np.ndarray:
   return data_lib.binarize(rng.integers(0, 256, (count, batch_size, 28, 28, 1), dtype=np.uint8))
 
 
-def jax_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
-  """The main job's own compiled functions (vae_jax.train.Steps) on one device."""
+def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench:
+  """The main job's own compiled functions (vae_jax.train.Steps) on one device.
+
+  `overrides` are Config fields (conv_transpose, dtype, steps_per_chunk, ...).
+  """
   # Imported here so that a TF run never loads JAX, and the other way round.
   import jax  # pylint: disable=import-outside-toplevel
   from vae_jax import parallel, train  # pylint: disable=import-outside-toplevel
   config = dataclasses.replace(get_config(), batch_size=batch_size, latent_dim=latent_dim,
-                               seed=seed, parallel="none")
+                               seed=seed, parallel="none", **overrides)
   strategy = parallel.make_strategy("none")
   graphdef, state = train.init_state(config)
   steps = train.Steps(graphdef, config, strategy)
   length, unroll = train.default_chunk(jax.default_backend())
+  length = config.steps_per_chunk or length
   x_u8 = random_batches(seed, length, batch_size)
   xs, masks = strategy.put_batches(x_u8, np.ones(x_u8.shape[:2], np.float32))
   chunk = steps.chunk(length, unroll)
@@ -71,6 +76,9 @@ def jax_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
     state, sums, _ = steps.call(chunk, state, xs, masks, keys.noise, 0)
     return state, sums
 
+  cost = steps.compiled(chunk, state, xs, masks, keys.noise, 0).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in older jax
+
   def device_peak_mib():
     stats = jax.devices()[0].memory_stats()  # None on CPU
     return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
@@ -81,7 +89,8 @@ def jax_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
       train=train_call, steps_per_call=length,
       evaluate=lambda: steps.call(steps.evaluate, state.params, xs, masks, keys.eval),
       eval_images_per_call=length * batch_size, sync=jax.block_until_ready,
-      compile_seconds=lambda first_call: steps.compile_seconds, device_peak_mib=device_peak_mib)
+      compile_seconds=lambda first_call: steps.compile_seconds, device_peak_mib=device_peak_mib,
+      flops_per_step=cost.get("flops", 0.0) / length if cost else None)
 
 
 def tf_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
@@ -148,6 +157,7 @@ def measure(bench: Bench, batch_size: int, steps: int) -> dict:
       "eval_images_per_sec": eval_calls * bench.eval_images_per_call / eval_total,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
       "device_peak_mib": bench.device_peak_mib(),
+      "flops_per_image": bench.flops_per_step / batch_size if bench.flops_per_step else None,
   }
 
 

@@ -192,19 +192,24 @@ class Steps:
     return self.strategy.jit(make_train_chunk(self.train_step, length, unroll),
                              ("state", "batch", "batch", "shared", "shared"), donate_state=True)
 
-  def call(self, fn, *args):
-    """fn(*args), compiling fn for these argument shapes first if needed (timed)."""
+  def compiled(self, fn, *args):
+    """fn compiled for these argument shapes (cached; the compile time is added up)."""
     key = (fn, tuple((getattr(a, "shape", None), getattr(a, "dtype", None))
                      for a in jax.tree.leaves(args)))
     if key not in self._compiled:
       start = time.perf_counter()
       self._compiled[key] = fn.lower(*args).compile()
       self.compile_seconds += time.perf_counter() - start
+    return self._compiled[key]
+
+  def call(self, fn, *args):
+    """fn(*args), compiling fn for these argument shapes first if needed."""
+    compiled = self.compiled(fn, *args)
     if self.strategy.kind == "pmap" and jax.process_count() > 1:
       # Multi-process pmap compiles for global arrays and only its wrapper turns this process's
       # arrays into them (jax 0.10 pmap.py); the wrapper reuses the compilation above.
       return fn(*args)
-    return self._compiled[key](*args)
+    return compiled(*args)
 
 
 def fetch(tree) -> Any:
