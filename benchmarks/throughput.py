@@ -26,6 +26,7 @@ import numpy as np
 
 from vae_jax import data as data_lib
 from vae_jax.config import get_config
+from vae_jax.errors import UserError
 
 TF_BATCHES = 10  # distinct batches TF cycles through (JAX uses one chunk's worth)
 
@@ -51,16 +52,20 @@ def random_batches(seed: int, count: int, batch_size: int) -> np.ndarray:
 
 
 def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench:
-  """The main job's own compiled functions (vae_jax.train.Steps) on one device.
+  """The main job's own compiled functions (vae_jax.train.Steps), on one device by default.
 
-  `overrides` are Config fields (conv_transpose, dtype, steps_per_chunk, ...).
+  `overrides` are Config fields (conv_transpose, dtype, steps_per_chunk, parallel, devices, ...).
   """
   # Imported here so that a TF run never loads JAX, and the other way round.
   import jax  # pylint: disable=import-outside-toplevel
   from vae_jax import parallel, train  # pylint: disable=import-outside-toplevel
   config = dataclasses.replace(get_config(), batch_size=batch_size, latent_dim=latent_dim,
-                               seed=seed, parallel="none", **overrides)
-  strategy = parallel.make_strategy("none")
+                               seed=seed, **{"parallel": "none", **overrides})
+  config.validate()
+  if config.devices:  # simulated devices where the CPU is the only platform; before JAX starts
+    jax.config.update("jax_num_cpu_devices", config.devices)
+  strategy = parallel.make_strategy(config.parallel, config.devices)
+  strategy.check_batch(batch_size)
   graphdef, state = train.init_state(config)
   steps = train.Steps(graphdef, config, strategy)
   length, unroll = train.default_chunk(jax.default_backend())
@@ -170,6 +175,12 @@ def main(argv=None) -> int:
   p.add_argument("--latent-dim", type=int, default=d.latent_dim)
   p.add_argument("--steps", type=int, default=500, help="training steps timed (whole calls)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--parallel", choices=("none", "sharded", "pmap"), default="none",
+                 help="jax: data-parallel strategy of the main job (vae_jax.parallel)")
+  p.add_argument("--devices", type=int,
+                 help="jax: data-parallel over this many devices (simulated ones on a CPU host)")
+  p.add_argument("--steps-per-chunk", type=int, default=0,
+                 help="jax: steps per compiled chunk (0: the backend's default)")
   p.add_argument("--out", help="write the result as JSON here too")
   args = p.parse_args(argv)
   for name in ("batch_size", "latent_dim", "steps"):
@@ -177,9 +188,20 @@ def main(argv=None) -> int:
       p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   if args.out and os.path.exists(args.out):
     p.error(f"--out {args.out} exists; choose a new file")
-  make = jax_bench if args.framework == "jax" else tf_bench
-  result = {"framework": args.framework, "latent_dim": args.latent_dim,
-            **measure(make(args.batch_size, args.latent_dim, args.seed), args.batch_size, args.steps)}
+  if args.framework == "tf" and (args.parallel != "none" or args.devices or args.steps_per_chunk):
+    p.error("--parallel, --devices and --steps-per-chunk are for --framework jax")
+  result = {"framework": args.framework, "latent_dim": args.latent_dim}
+  try:
+    if args.framework == "jax":
+      result.update(parallel=args.parallel, devices=args.devices)
+      bench = jax_bench(args.batch_size, args.latent_dim, args.seed, parallel=args.parallel,
+                        devices=args.devices, steps_per_chunk=args.steps_per_chunk)
+    else:
+      bench = tf_bench(args.batch_size, args.latent_dim, args.seed)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  result.update(measure(bench, args.batch_size, args.steps))
   line = json.dumps(result)
   print(line)
   if args.out:

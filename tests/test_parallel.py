@@ -24,6 +24,8 @@ from vae_jax import config as config_lib
 from vae_jax import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Simulated CPU devices even where there is an accelerator.
+CPU_ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
 PARAM_ATOL = 1e-2 * config_lib.tiny().learning_rate
 ELBO_RTOL = 1e-6
 
@@ -46,7 +48,7 @@ for r in spec["runs"]:
 
 def _start(runs, num_devices: int, log: str, distributed=(None, None, None)) -> subprocess.Popen:
   """Starts a child; its output goes to a file, as a full pipe would stall it and its peers."""
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONPATH=REPO)
+  env = dict(CPU_ENV, JAX_NUM_CPU_DEVICES=str(num_devices))
   spec = json.dumps({"distributed": list(distributed), "runs": runs})
   with open(log, "w") as f:
     process = subprocess.Popen([sys.executable, "-c", CHILD, spec], cwd=REPO, env=env,
@@ -158,7 +160,7 @@ def test_pictures_in_every_mode(runs):
 
 
 def test_batch_not_dividing_over_devices_is_a_one_line_error(tmp_path, data):
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES="4")
+  env = dict(CPU_ENV, JAX_NUM_CPU_DEVICES="4")
   result = subprocess.run(
       [sys.executable, "-m", "experiments.mnist_vae", "--data", data, "--batch-size", "6",
        "--epochs", "1", "--workdir", str(tmp_path / "run")],
