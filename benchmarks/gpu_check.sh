@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The one-call GPU check: tests on the GPU, the full tutorial run, and a throughput sweep.
+#
+#   bash benchmarks/gpu_check.sh [OUTDIR]      (OUTDIR defaults to $OUT, else benchmarks/results/gpu)
+#
+# Needs jax, flax, optax, orbax, matplotlib, imageio, tqdm; wheels in .whl/ (e.g. mlxtend) are
+# installed to /tmp/site first, and the canonical MNIST IDX files are read from ${DATA:-data/mnist}.
+# No TensorFlow is needed: parity runs against the stored TF numbers (tests/test_golden_parity.py).
+# Writes OUTDIR/gpu_check.log, OUTDIR/sweep.jsonl and OUTDIR/tutorial_run.tar.gz (no checkpoints).
+set -uo pipefail
+out=${1:-${OUT:-benchmarks/results/gpu}}
+data=${DATA:-data/mnist}
+epochs=${EPOCHS:-100}
+mkdir -p "$out"
+exec > >(tee -a "$out/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+section() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
+
+section machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+python3 - <<'PY'
+import platform, jax, flax, optax, orbax.checkpoint as ocp, numpy
+print("python", platform.python_version(), "| jax", jax.__version__, "| flax", flax.__version__,
+      "| optax", optax.__version__, "| orbax", ocp.__version__, "| numpy", numpy.__version__)
+print("devices", jax.devices())
+PY
+
+section "parity and model tests on the accelerator (float32 matmuls at highest precision)"
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 -m pytest -q -p no:cacheprovider \
+  tests/test_golden_parity.py tests/test_models.py tests/test_losses.py
+
+section "the tutorial run: canonical MNIST, latent 50, batch 100, Adam 1e-4, $epochs epochs"
+rm -rf /tmp/tutorial_run
+timeout 240 python3 -m experiments.mnist_vae --data "idx:$data" --epochs "$epochs" \
+  --workdir /tmp/tutorial_run
+tar czf "$out/tutorial_run.tar.gz" -C /tmp/tutorial_run --exclude checkpoints .
+
+section "throughput sweep"
+timeout 150 python3 -m benchmarks.gpu_sweep --out "$out/sweep.jsonl" ${SWEEP_ARGS:-}
+
+section "training and CLI tests on the accelerator"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_cli.py
+section done
