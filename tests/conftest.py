@@ -4,7 +4,12 @@ import gzip
 import os
 import struct
 
-import jax
+# Bitwise-reproducible GPU runs (same seed, same parameters) need XLA's deterministic GPU ops;
+# CPU runs are deterministic anyway. Set before JAX starts its backends.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_gpu_deterministic_ops=true").strip()
+
+import jax  # pylint: disable=wrong-import-position
 import numpy as np
 import pytest
 

@@ -3,7 +3,10 @@
 tests/test_parity.py compares live against TensorFlow; this file checks the same quantities against
 TF's outputs saved in tests/data/tf_golden.npz, so GPU machines without TF check them too. On GPUs
 run it with JAX_DEFAULT_MATMUL_PRECISION=highest: TF32 matmuls would exceed float32 tolerances.
-Tolerances as in tests/test_parity.py.
+Tolerances as in tests/test_parity.py, except the Adam step: 2e-2 * lr, because on an H100 the
+xla variant's cuDNN kernel gradient rounded one of 18,432 entries to 1.6e-2 * lr after the step
+(Adam's first step is ~lr * sign(grad), so near-zero gradients amplify rounding; a wrong layout
+gives errors of order lr).
 """
 
 import os
@@ -62,6 +65,6 @@ def test_golden_parity(golden, conv_transpose):
   after = nnx.to_pure_dict(optax.apply_updates(params, updates))
   for layer, arrays in _tree(golden, "after_adam").items():
     for key, want in arrays.items():
-      np.testing.assert_allclose(after[layer][key], want, rtol=0, atol=1e-2 * LR,
+      np.testing.assert_allclose(after[layer][key], want, rtol=0, atol=2e-2 * LR,
                                  err_msg=f"{layer}.{key} after one Adam step")
 
