@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the whole run, its workdir, metrics, pictures and resume."""
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -86,16 +87,26 @@ class _Run:
 
   # ------------------------------------------------------------ pictures
 
+  @functools.cached_property
+  def _picture_arrays(self):
+    """Jitted (params) -> (samples from the fixed eps, reconstructions of the fixed test digits)."""
+    c = self.config
+    eps = jax.random.normal(self.keys.pictures, (c.num_samples, c.latent_dim))
+    originals = self.test_x[:c.num_reconstructions].astype(np.float32)
+
+    @jax.jit
+    def arrays(params):
+      model = nnx.merge(self.graphdef, params)
+      mean, _ = model.encode(originals)
+      return model.sample(eps_BxL=eps), model.decode(mean, apply_sigmoid=True)
+
+    return originals, arrays
+
   def save_pictures(self, epoch: int) -> None:
     if not _is_main():
       return
-    c = self.config
-    model = nnx.merge(self.graphdef, self.host_params())
-    eps = jax.random.normal(self.keys.pictures, (c.num_samples, c.latent_dim))
-    samples = np.asarray(model.sample(eps_BxL=eps))
-    originals = self.test_x[:c.num_reconstructions].astype(np.float32)
-    mean, _ = model.encode(originals)
-    recons = np.asarray(model.decode(mean, apply_sigmoid=True))
+    originals, arrays = self._picture_arrays
+    samples, recons = (np.asarray(a) for a in arrays(self.host_params()))
     pictures.save_epoch_grid(self.workdir, epoch, pictures.epoch_grid(samples, originals, recons))
 
   def save_final_pictures(self, rows: list[dict]) -> None:
