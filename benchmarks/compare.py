@@ -28,7 +28,9 @@ from vae_jax.run import METRICS_FILE, read_metrics
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "tensorflow", "keras", "numpy")
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
+  """Bad flags: one `error:` line and exit 2 (--help still shows the usage)."""
+
   def error(self, message):
     print(f"error: {message}", file=sys.stderr)  # one line; --help has the usage
     sys.exit(2)
@@ -36,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
   d = get_config()
-  p = _Parser(prog="python -m benchmarks.compare", description=__doc__,
+  p = OneLineErrorParser(prog="python -m benchmarks.compare", description=__doc__,
               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data", default=d.data, help="tfds:NAME | idx:DIR | mnist-5k | auto")
   p.add_argument("--epochs", type=int, default=10)

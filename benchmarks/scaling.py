@@ -17,19 +17,13 @@ import os
 import shlex
 import sys
 
-from benchmarks.compare import RunFailed, machine, run, versions
+from benchmarks.compare import OneLineErrorParser, RunFailed, machine, run, versions
 from vae_jax.config import get_config
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f"error: {message}", file=sys.stderr)  # one line; --help has the usage
-    sys.exit(2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   d = get_config()
-  p = _Parser(prog="python -m benchmarks.scaling", description=__doc__,
+  p = OneLineErrorParser(prog="python -m benchmarks.scaling", description=__doc__,
               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4], help="device counts")
   p.add_argument("--strategies", nargs="+", choices=("sharded", "pmap"),
