@@ -68,8 +68,7 @@ def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench
   strategy.check_batch(batch_size)
   graphdef, state = train.init_state(config)
   steps = train.Steps(graphdef, config, strategy)
-  length, unroll = train.default_chunk(jax.default_backend())
-  length = config.steps_per_chunk or length
+  length, unroll = train.chunk_plan(config, jax.default_backend())
   x_u8 = random_batches(seed, length, batch_size)
   xs, masks = strategy.put_batches(x_u8, np.ones(x_u8.shape[:2], np.float32))
   chunk = steps.chunk(length, unroll)

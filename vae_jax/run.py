@@ -126,8 +126,7 @@ class _Run:
     order = data_lib.epoch_order(c.seed, epoch, len(self.train_x))
     xs, masks = self.strategy.put_batches(
         *data_lib.batch_stack(self.train_x, order, c.batch_size, self.rows))
-    length, unroll = train.default_chunk(jax.default_backend())
-    length = c.steps_per_chunk or length
+    length, unroll = train.chunk_plan(c, jax.default_backend())
     if c.loop == "step" or length > self.steps_per_epoch:
       length = 1
     full = self.steps_per_epoch - self.steps_per_epoch % length if length > 1 else 0

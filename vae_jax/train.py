@@ -164,9 +164,10 @@ def means(sums) -> dict[str, float]:
   return {k: float(sums[k]) / count for k in METRIC_KEYS}
 
 
-def default_chunk(backend: str) -> tuple[int, bool]:
-  """(steps per jitted chunk, unrolled?) for a backend: short unrolled chunks on CPU."""
-  return (10, True) if backend == "cpu" else (100, False)
+def chunk_plan(config: Config, backend: str) -> tuple[int, bool]:
+  """(steps per jitted chunk, unrolled?): config.steps_per_chunk, else 10 unrolled on CPU, else 100."""
+  length, unroll = (10, True) if backend == "cpu" else (100, False)
+  return config.steps_per_chunk or length, unroll
 
 
 class Steps:
