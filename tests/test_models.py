@@ -59,29 +59,58 @@ def test_invalid_constructor_arguments():
     models.CVAE(2, rngs=nnx.Rngs(0), conv_transpose="fft")
 
 
-@pytest.mark.parametrize("fast,stride,cin,cout", [
-    (models.phase_conv_transpose, 2, 32, 64),
-    (models.phase_conv_transpose, 2, 3, 5),
-    (models.tap_matmul_conv_transpose, 1, 32, 1),
-    (models.tap_matmul_conv_transpose, 1, 4, 3),
-])
-def test_fast_conv_transpose_equals_xla_outputs_and_gradients(fast, stride, cin, cout):
-  layer = nnx.ConvTranspose(cin, cout, (3, 3), strides=stride, padding="SAME", rngs=nnx.Rngs(0))
-  layer.bias[...] = jax.random.normal(jax.random.key(4), (cout,))
-  x = jax.random.normal(jax.random.key(5), (3, 7, 7, cin))
-  kernel, bias = layer.kernel[...], layer.bias[...]
-  cotangent = jax.random.normal(jax.random.key(6), (3, 7 * stride, 7 * stride, cout))
-
-  def reference(x, kernel, bias):
-    return jax.lax.conv_transpose(x, kernel, (stride, stride), "SAME",
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias.reshape(1, 1, 1, -1)
-
-  np.testing.assert_allclose(layer(x), reference(x, kernel, bias), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(fast(x, kernel, bias), reference(x, kernel, bias), rtol=1e-5, atol=1e-5)
-  grads = jax.grad(lambda *a: jnp.sum(fast(*a) * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
-  want = jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
+def _assert_same_values_and_grads(fast, reference, args, cotangent):
+  np.testing.assert_allclose(fast(*args), reference(*args), rtol=1e-5, atol=1e-5)
+  argnums = tuple(range(len(args)))
+  grads = jax.grad(lambda *a: jnp.sum(fast(*a) * cotangent), argnums=argnums)(*args)
+  want = jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), argnums=argnums)(*args)
   for g, w in zip(grads, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def _random_bias(layer, key):
+  # Non-zero biases, so that ReLU cuts through the outputs and bias gradients matter.
+  layer.bias[...] = jax.random.normal(jax.random.key(key), layer.bias.shape)
+  return layer.kernel[...], layer.bias[...]
+
+
+@pytest.mark.parametrize("stride,cin,cout,relu", [
+    (2, 32, 64, True), (2, 3, 5, False), (1, 32, 1, False), (1, 4, 3, False)])
+def test_fast_conv_transpose_equals_xla_outputs_and_gradients(stride, cin, cout, relu):
+  layer = nnx.ConvTranspose(cin, cout, (3, 3), strides=stride, padding="SAME", rngs=nnx.Rngs(0))
+  kernel, bias = _random_bias(layer, 4)
+  x = jax.random.normal(jax.random.key(5), (3, 7, 6, cin))  # not square: rows and columns apart
+  cotangent = jax.random.normal(jax.random.key(6), (3, 7 * stride, 6 * stride, cout))
+
+  def reference(x, kernel, bias):
+    y = jax.lax.conv_transpose(x, kernel, (stride, stride), "SAME",
+                               dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias.reshape(1, 1, 1, -1)
+    return jax.nn.relu(y) if relu else y
+
+  flax_out = jax.nn.relu(layer(x)) if relu else layer(x)  # the reference is what Flax computes
+  np.testing.assert_allclose(flax_out, reference(x, kernel, bias), rtol=1e-5, atol=1e-5)
+  if stride == 2:
+    fast = lambda x, k, b: models.phase_conv_transpose(x, k, b, relu)
+  else:
+    fast = models.tap_matmul_conv_transpose
+  _assert_same_values_and_grads(fast, reference, (x, kernel, bias), cotangent)
+
+
+@pytest.mark.parametrize("size,cin,cout", [(28, 1, 32), (13, 32, 64), (8, 3, 5)])
+def test_patch_conv_equals_flax_conv_outputs_and_gradients(size, cin, cout):
+  layer = nnx.Conv(cin, cout, (3, 3), strides=2, padding="VALID", rngs=nnx.Rngs(1))
+  kernel, bias = _random_bias(layer, 7)
+  x = jax.random.normal(jax.random.key(8), (2, size, size + 1, cin))
+  out = (size - 3) // 2 + 1, (size + 1 - 3) // 2 + 1
+  cotangent = jax.random.normal(jax.random.key(9), (2, *out, cout))
+
+  def reference(x, kernel, bias):
+    return jax.nn.relu(jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias.reshape(1, 1, 1, -1))
+
+  np.testing.assert_allclose(jax.nn.relu(layer(x)), reference(x, kernel, bias), rtol=1e-5, atol=1e-5)
+  fast = lambda x, k, b: models.patch_conv_relu(x, k, b, 2)
+  _assert_same_values_and_grads(fast, reference, (x, kernel, bias), cotangent)
 
 
 def test_whole_model_same_with_either_conv_transpose():

@@ -14,92 +14,195 @@ _BIAS_INIT = nnx.initializers.zeros_init()
 ConvTransposeImpl = Literal["gemm", "xla"]
 
 
-# Stride-2 transposed convolution, phase by phase. With lax.conv_transpose's SAME padding (2
-# before, 1 after the dilated input), output row 2m takes kernel row 0 from input row m-1 and
+# Exact GEMM forms of the model's convolutions. XLA:CPU runs a transposed convolution as a
+# convolution of the zero-dilated input and computes its kernel gradient slowly (jax issues #23783,
+# #31662); these forms do the same arithmetic as matrix products over kernel taps or input
+# windows, each with a custom VJP whose backward pass is one matmul per gradient. Bias and ReLU sit
+# inside, so XLA fuses them with the layout passes instead of making passes of their own.
+
+def _zero(dtype):
+  return jnp.zeros((), dtype)
+
+
+def _transposed(a_2d):
+  """a_2d.T materialized. XLA folds a plain transpose into the dot, and XLA:CPU then runs the
+  transposed-operand GEMM in Eigen at a third of YNNPACK's speed for the same product."""
+  return jax.lax.optimization_barrier(a_2d.T)
+
+
+def _relu_mask(dy, y, relu: bool):
+  return jnp.where(y > 0, dy, _zero(dy.dtype)) if relu else dy
+
+
+def _windows(x, size: int, stride: int, out_hw):
+  """(n, ho, wo, size, size, c): x[n, stride*i + r, stride*j + s, c] for the window offsets r, s.
+
+  One nested stack of strided slices, which XLA:CPU fuses into one pass (a flat stack of nine
+  slices is not fused: each slice is copied first).
+  """
+  ho, wo = out_hw
+  return jnp.stack([jnp.stack([x[:, r:r + stride * (ho - 1) + 1:stride, s:s + stride * (wo - 1) + 1:stride]
+                               for s in range(size)], axis=3) for r in range(size)], axis=3)
+
+
+# -- VALID convolution (the encoder): one GEMM over the input's windows.
+
+def _patch_conv_apply(x, kernel, bias, stride):
+  kh, kw, c_in, c_out = kernel.shape
+  n, h, w, _ = x.shape
+  ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+  assert kh == kw, kernel.shape
+  patches = _windows(x, kh, stride, (ho, wo)).reshape(n * ho * wo, kh * kw * c_in)
+  y = jnp.maximum(jnp.dot(patches, kernel.reshape(-1, c_out)) + bias.reshape(1, c_out), 0)
+  return patches, y.reshape(n, ho, wo, c_out)
+
+
+def _patch_conv_fwd(x, kernel, bias, stride):
+  patches, y = _patch_conv_apply(x, kernel, bias, stride)
+  return y, (x, patches, kernel, y)
+
+
+def _patch_conv_bwd(stride, residuals, dy):
+  x, patches, kernel, y = residuals
+  dy = _relu_mask(dy, y, True)
+  dy_2d = dy.reshape(-1, kernel.shape[-1])
+  dkernel = jnp.dot(_transposed(dy_2d), patches).T.reshape(kernel.shape)
+  _, conv_vjp = jax.vjp(lambda x_: jax.lax.conv_general_dilated(
+      x_, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+  dx, = conv_vjp(dy)  # XLA's own input gradient is fast; unused (and dropped) for the first layer
+  return dx, dkernel, jnp.sum(dy_2d, axis=0)
+
+
+def _patch_conv_fwd_core(x, kernel, bias, stride):
+  return _patch_conv_apply(x, kernel, bias, stride)[1]
+
+
+_patch_conv = jax.custom_vjp(_patch_conv_fwd_core, nondiff_argnums=(3,))
+_patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
+
+
+def patch_conv_relu(x, kernel, bias, stride: int):
+  """relu(VALID convolution + bias), as nnx.Conv(padding="VALID") then relu, as one GEMM.
+
+  The forward pass multiplies the input's windows (patches) by the kernel; the kernel gradient
+  is patches^T @ dy, where XLA:CPU's own dilated-window convolution is several times slower.
+  """
+  return _patch_conv(x, kernel.astype(x.dtype), bias.astype(x.dtype), stride)
+
+
+# -- Stride-2, SAME, 3x3 transposed convolution: four output phases of tap matmuls.
+# With lax.conv_transpose's SAME padding, output row 2m takes kernel row 0 from input row m-1 and
 # row 2 from input row m; output row 2m+1 takes row 1 from input row m (columns alike).
 # _PHASE_TAPS[phase] = ((kernel index, shift), ...): output pixel m of that phase adds the
 # product of input pixel m - shift with that kernel tap.
 _PHASE_TAPS = {0: ((0, 1), (2, 0)), 1: ((1, 0),)}
-# The nine (output phase, kernel tap) pairs: each tap serves exactly one phase.
-_TAP_ORDER = tuple((a, b, kh, sh, kw, sw) for a in range(2) for b in range(2)
-                   for kh, sh in _PHASE_TAPS[a] for kw, sw in _PHASE_TAPS[b])
 
 
-def _phase_sums(x, kernel):
+def _shift_down(a, sh: int, sw: int):
+  """b[:, i, j] = a[:, i - sh, j - sw], zero where that is outside a."""
+  return jax.lax.pad(a, _zero(a.dtype), ((0, 0, 0), (sh, -sh, 0), (sw, -sw, 0), (0, 0, 0)))
+
+
+def _phase_fwd_core(x, kernel, bias, relu):
   n, h, w, c_in = x.shape
   c_out = kernel.shape[-1]
-  x_2d = x.reshape(-1, c_in)
+  # All nine taps' products in one GEMM: (n, h, w, kh, kw, c_out).
+  taps = jnp.dot(x.reshape(-1, c_in), kernel.transpose(2, 0, 1, 3).reshape(c_in, 9 * c_out))
+  taps = taps.reshape(n, h, w, 3, 3, c_out)
 
-  def tap(kh, kw, sh, sw):  # the tap's product, moved down/right by its shifts
-    y = jnp.dot(x_2d, kernel[kh, kw]).reshape(n, h, w, c_out)
-    return jnp.pad(y, ((0, 0), (sh, 0), (sw, 0), (0, 0)))[:, :h, :w]
+  def phase(a, b):
+    y = sum(_shift_down(taps[:, :, :, kh, kw], sh, sw)
+            for kh, sh in _PHASE_TAPS[a] for kw, sw in _PHASE_TAPS[b]) + bias.reshape(1, 1, 1, -1)
+    return jnp.maximum(y, 0) if relu else y
 
-  phases = [sum(tap(kh, kw, sh, sw) for kh, sh in _PHASE_TAPS[a] for kw, sw in _PHASE_TAPS[b])
-            for a in range(2) for b in range(2)]
-  y = jnp.stack(phases, axis=3).reshape(n, h, w, 2, 2, c_out)
-  return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
-
-
-def _phase_conv_transpose_fwd(x, kernel):
-  return _phase_sums(x, kernel), (x, kernel)
+  y = jnp.stack([phase(a, b) for a in range(2) for b in range(2)], axis=3)
+  return y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
 
 
-def _phase_conv_transpose_bwd(residuals, dy):
-  """Both gradients as one matmul each over the nine taps' output gradients side by side."""
-  x, kernel = residuals
+def _phase_fwd(x, kernel, bias, relu):
+  y = _phase_fwd_core(x, kernel, bias, relu)
+  return y, (x, kernel, y)
+
+
+def _phase_bwd(relu, residuals, dy):
+  """Input pixel i reaches output rows 2i + r (r = 0, 1, 2) through kernel row 2 - r (columns
+  alike), so both gradients are GEMMs over dy's 3x3 stride-2 windows with the flipped kernel."""
+  x, kernel, y = residuals
   n, h, w, c_in = x.shape
   c_out = kernel.shape[-1]
-  dy_phases = dy.reshape(n, h, 2, w, 2, c_out)
-  # Tap (kh, kw)'s product at input pixel i landed on output pixel i + shift of its phase.
-  dtaps = [jnp.pad(dy_phases[:, sh:, a, sw:, b, :], ((0, 0), (0, sh), (0, sw), (0, 0)))
-           for a, b, kh, sh, kw, sw in _TAP_ORDER]
-  dtaps = jnp.stack(dtaps, axis=3).reshape(n * h * w, 9 * c_out)
-  kernels = jnp.stack([kernel[kh, kw] for _, _, kh, _, kw, _ in _TAP_ORDER], axis=1)
-  dx = jnp.dot(dtaps, kernels.reshape(c_in, 9 * c_out).T).reshape(x.shape)
-  dkernels = jnp.dot(x.reshape(-1, c_in).T, dtaps).reshape(c_in, 9, c_out)
-  dkernel = jnp.zeros_like(kernel)
-  for i, (_, _, kh, _, kw, _) in enumerate(_TAP_ORDER):
-    dkernel = dkernel.at[kh, kw].set(dkernels[:, i])
-  return dx, dkernel
+  dy = jnp.pad(_relu_mask(dy, y, relu), ((0, 0), (0, 2), (0, 2), (0, 0)))  # row 2h reads zeros
+  windows = _windows(dy, 3, 2, (h, w)).reshape(n * h * w, 9 * c_out)      # (r, s, c_out)
+  flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9 * c_out, c_in)
+  dx = jnp.dot(windows, flipped).reshape(x.shape)
+  dflipped = jnp.dot(_transposed(x.reshape(-1, c_in)), windows).reshape(c_in, 3, 3, c_out)
+  return dx, dflipped.transpose(1, 2, 0, 3)[::-1, ::-1], jnp.sum(dy, axis=(0, 1, 2))
 
 
-_phase_conv_transpose = jax.custom_vjp(_phase_sums)
-_phase_conv_transpose.defvjp(_phase_conv_transpose_fwd, _phase_conv_transpose_bwd)
+_phase_conv_transpose = jax.custom_vjp(_phase_fwd_core, nondiff_argnums=(3,))
+_phase_conv_transpose.defvjp(_phase_fwd, _phase_bwd)
 
 
-def phase_conv_transpose(x, kernel, bias):
-  """Stride-2, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) as matmuls.
+def phase_conv_transpose(x, kernel, bias, relu: bool = False):
+  """Stride-2, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) + bias [+ relu].
 
-  Each kernel tap is one matmul over all input pixels; the four output phases (even/odd rows
-  and columns) are sums of those products shifted by at most one pixel, interleaved. The
-  numbers are the same as XLA's dilated form without its multiplications by inserted zeros,
-  whose kernel gradient XLA computes slowly (jax issues #23783, #31662); the backward pass is
-  one matmul per gradient.
+  One GEMM gives every input pixel's product with all nine kernel taps; each of the four output
+  phases (even/odd rows and columns) sums at most four of them, shifted by at most one pixel,
+  and the phases are interleaved. No multiplication by the zeros XLA's dilated form inserts.
   """
   assert kernel.shape[:2] == (3, 3), kernel.shape
-  y = _phase_conv_transpose(x, kernel.astype(x.dtype))
-  return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
+  return _phase_conv_transpose(x, kernel.astype(x.dtype), bias.astype(x.dtype), relu)
+
+
+# -- Stride-1, SAME, 3x3 transposed convolution with few output channels (the decoder's last layer).
+
+def _shift(a, dh: int, dw: int):
+  """b[..., i, j] = a[..., i + dh, j + dw] over the last two axes, zero outside a."""
+  pads = [(0, 0, 0)] * (a.ndim - 2) + [(-dh, dh, 0), (-dw, dw, 0)]
+  return jax.lax.pad(a, _zero(a.dtype), pads)
+
+
+def _tap_fwd_core(x, kernel):
+  n, h, w, c_in = x.shape
+  c_out = kernel.shape[-1]
+  # taps[kh, kw, co, n, h, w]: pixels last, so the shifted sum runs along contiguous rows.
+  taps = jax.lax.dot_general(kernel.transpose(0, 1, 3, 2).reshape(9 * c_out, c_in),
+                             x.reshape(-1, c_in), (((1,), (1,)), ((), ())))
+  taps = taps.reshape(3, 3, c_out, n, h, w)
+  # lax.conv_transpose (stride 1, SAME): output pixel o takes tap k from input o + k - 1.
+  y = sum(_shift(taps[kh, kw], kh - 1, kw - 1) for kh in range(3) for kw in range(3))
+  return y.transpose(1, 2, 3, 0)
+
+
+def _tap_fwd(x, kernel):
+  return _tap_fwd_core(x, kernel), (x, kernel)
+
+
+def _tap_bwd(residuals, dy):
+  x, kernel = residuals
+  c_in, c_out = kernel.shape[2:]
+  dy = dy.transpose(3, 0, 1, 2)  # (c_out, n, h, w)
+  # Tap k's product at input pixel p landed on output p - (k - 1).
+  dtaps = [_shift(dy, 1 - kh, 1 - kw) for kh in range(3) for kw in range(3)]
+  # The input gradient elementwise (9 * c_out products per value): XLA fuses it with the ReLU
+  # gradient of the layer below instead of running a GEMM with a contraction of 9.
+  dx = sum(dtaps[3 * kh + kw][..., None] * kernel[kh, kw].T.reshape(c_out, 1, 1, 1, c_in)
+           for kh in range(3) for kw in range(3)).sum(axis=0)
+  dkernel = jnp.dot(jnp.stack(dtaps).reshape(9 * c_out, -1), x.reshape(-1, c_in))
+  return dx, dkernel.reshape(3, 3, c_out, c_in).transpose(0, 1, 3, 2)
+
+
+_tap_conv_transpose = jax.custom_vjp(_tap_fwd_core)
+_tap_conv_transpose.defvjp(_tap_fwd, _tap_bwd)
 
 
 def tap_matmul_conv_transpose(x, kernel, bias):
-  """Stride-1, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) as one matmul.
+  """Stride-1, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) + bias.
 
-  Output pixel o takes tap k from input o + k - 1. Multiplying every input pixel by all nine taps
-  at once (one GEMM to 9*out channels) and adding the nine shifted results gives the same
-  numbers; XLA's own convolution is slow here because the layer has a single output channel.
+  One GEMM multiplies every input pixel by all nine taps and the shifted products are added;
+  XLA's own convolution is slow here because the layer has a single output channel.
   """
   assert kernel.shape[:2] == (3, 3), kernel.shape
-  n, h, w, c_in = x.shape
-  c_out = kernel.shape[-1]
-  taps = jnp.dot(x.reshape(-1, c_in), kernel.astype(x.dtype).transpose(2, 0, 1, 3).reshape(c_in, -1))
-  taps = taps.reshape(n, h, w, 3, 3, c_out)
-  zero = jnp.zeros((), taps.dtype)
-  y = 0
-  for kh in range(3):
-    for kw in range(3):
-      # lax.pad with negative padding shifts: input pixel i lands on output pixel i + 1 - k.
-      y = y + jax.lax.pad(taps[:, :, :, kh, kw, :], zero,
-                          ((0, 0, 0), (1 - kh, kh - 1, 0), (1 - kw, kw - 1, 0), (0, 0, 0)))
+  y = _tap_conv_transpose(x, kernel.astype(x.dtype))
   return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
 
 
@@ -123,26 +226,34 @@ class CVAE(nnx.Module):
     self.dec_deconv2 = nnx.ConvTranspose(64, 32, (3, 3), strides=2, padding="SAME", **init)
     self.dec_deconv3 = nnx.ConvTranspose(32, 1, (3, 3), strides=1, padding="SAME", **init)
 
+  def _conv_relu(self, layer, h):
+    if self.conv_transpose == "xla":
+      return nnx.relu(layer(h))
+    return patch_conv_relu(h, layer.kernel[...], layer.bias[...], 2)
+
   def encode(self, x_BHWC):
     """Returns (mean, logvar) of q(z|x), each (batch, latent_dim)."""
-    h = nnx.relu(self.enc_conv1(x_BHWC))
-    h = nnx.relu(self.enc_conv2(h))
+    h = self._conv_relu(self.enc_conv1, x_BHWC)
+    h = self._conv_relu(self.enc_conv2, h)
     h = self.enc_dense(h.reshape(h.shape[0], -1))
     mean, logvar = jnp.split(h, 2, axis=-1)
     return mean, logvar
 
-  def _deconv(self, layer, h, stride: int):
+  def _deconv(self, layer, h, stride: int, relu: bool):
     if self.conv_transpose == "xla":
-      return layer(h)
-    fast = phase_conv_transpose if stride == 2 else tap_matmul_conv_transpose
-    return fast(h, layer.kernel[...], layer.bias[...])
+      h = layer(h)
+      return nnx.relu(h) if relu else h
+    if stride == 2:
+      return phase_conv_transpose(h, layer.kernel[...], layer.bias[...], relu)
+    assert not relu
+    return tap_matmul_conv_transpose(h, layer.kernel[...], layer.bias[...])
 
   def decode(self, z_BxL, apply_sigmoid: bool = False):
     """Returns Bernoulli logits of p(x|z), (batch, 28, 28, 1); probabilities with apply_sigmoid."""
     h = nnx.relu(self.dec_dense(z_BxL)).reshape(-1, 7, 7, 32)
-    h = nnx.relu(self._deconv(self.dec_deconv1, h, 2))
-    h = nnx.relu(self._deconv(self.dec_deconv2, h, 2))
-    x_logits = self._deconv(self.dec_deconv3, h, 1)
+    h = self._deconv(self.dec_deconv1, h, 2, relu=True)
+    h = self._deconv(self.dec_deconv2, h, 2, relu=True)
+    x_logits = self._deconv(self.dec_deconv3, h, 1, relu=False)
     return nnx.sigmoid(x_logits) if apply_sigmoid else x_logits
 
   def __call__(self, x_BHWC, eps_BxL):
