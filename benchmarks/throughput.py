@@ -180,6 +180,8 @@ def main(argv=None) -> int:
                  help="jax: data-parallel over this many devices (simulated ones on a CPU host)")
   p.add_argument("--steps-per-chunk", type=int, default=0,
                  help="jax: steps per compiled chunk (0: the backend's default)")
+  p.add_argument("--micro-batches", type=int, default=0,
+                 help="jax: parts each device's batch is split into (0: the backend's default)")
   p.add_argument("--out", help="write the result as JSON here too")
   args = p.parse_args(argv)
   for name in ("batch_size", "latent_dim", "steps"):
@@ -187,14 +189,16 @@ def main(argv=None) -> int:
       p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   if args.out and os.path.exists(args.out):
     p.error(f"--out {args.out} exists; choose a new file")
-  if args.framework == "tf" and (args.parallel != "none" or args.devices or args.steps_per_chunk):
-    p.error("--parallel, --devices and --steps-per-chunk are for --framework jax")
+  if args.framework == "tf" and (args.parallel != "none" or args.devices or args.steps_per_chunk
+                                 or args.micro_batches):
+    p.error("--parallel, --devices, --steps-per-chunk and --micro-batches are for --framework jax")
   result = {"framework": args.framework, "latent_dim": args.latent_dim}
   try:
     if args.framework == "jax":
-      result.update(parallel=args.parallel, devices=args.devices)
+      result.update(parallel=args.parallel, devices=args.devices, micro_batches=args.micro_batches)
       bench = jax_bench(args.batch_size, args.latent_dim, args.seed, parallel=args.parallel,
-                        devices=args.devices, steps_per_chunk=args.steps_per_chunk)
+                        devices=args.devices, steps_per_chunk=args.steps_per_chunk,
+                        micro_batches=args.micro_batches)
     else:
       bench = tf_bench(args.batch_size, args.latent_dim, args.seed)
   except UserError as e:

@@ -33,10 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="scan: epochs as jitted lax.scan chunks; step: one jitted call per batch")
   p.add_argument("--steps-per-chunk", type=int, default=d.steps_per_chunk,
                  help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
+  p.add_argument("--micro-batches", type=int, default=d.micro_batches,
+                 help="split each device's batch into this many parts for the gradient "
+                      "(0: 2 on CPU, 1 elsewhere)")
   p.add_argument("--parallel", choices=("auto", "none", "sharded", "pmap"), default=d.parallel)
   p.add_argument("--devices", type=int, default=d.devices,
                  help="data-parallel over this many devices (default: all visible)")
-  p.add_argument("--conv-transpose", choices=("gemm", "xla"), default=d.conv_transpose)
+  p.add_argument("--conv-transpose", choices=("gemm", "xla"), default=d.conv_transpose,
+                 help="gemm: every convolution as exact GEMMs (vae_jax.models); xla: Flax's layers")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype,
                  help="compute dtype of the layers (parameters and loss stay float32)")
   p.add_argument("--workdir", default="runs/mnist_vae", help="outputs; never overwritten")
@@ -54,6 +58,7 @@ def main(argv=None) -> int:
       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
       train_size=args.train_size, kl=args.kl, loop=args.loop, parallel=args.parallel,
       devices=args.devices, steps_per_chunk=args.steps_per_chunk,
+      micro_batches=args.micro_batches,
       conv_transpose=args.conv_transpose, dtype=args.dtype)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"

@@ -102,3 +102,32 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(cfg, tmp_p
   assert epoch == 1 and [r["epoch"] for r in run.read_metrics(workdir)] == [1]
   for a, b in zip(after, before):
     np.testing.assert_array_equal(a, b)
+
+
+def test_micro_batches_give_the_same_step_and_bad_splits_fail(cfg):
+  from vae_jax import train  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(cfg, batch_size=8)
+  graphdef, state = train.init_state(config)
+  x = (jax.random.uniform(jax.random.key(1), (8, 28, 28, 1)) > 0.5).astype(jnp.uint8)
+  mask = jnp.ones((8,)).at[7].set(0.0)  # a padded example must not count in any part
+  key = jax.random.key(2)
+
+  def step(parts):
+    c = dataclasses.replace(config, micro_batches=parts)
+    assert train.micro_batches(c, 8) == parts
+    return jax.jit(train.make_train_step(graphdef, train.make_optimizer(c), c, None))(state, x, mask, key)
+
+  (one, sums_one), (four, sums_four) = step(1), step(4)
+  assert float(sums_one["count"]) == 7
+  np.testing.assert_allclose(sums_four["loss"], sums_one["loss"], rtol=1e-6)
+  moved = False
+  for a, b, p in zip(jax.tree.leaves(four.params), jax.tree.leaves(one.params),
+                     jax.tree.leaves(state.params)):
+    # Adam moves each parameter by up to lr = 1e-3: 1e-6 is 0.1% of a step (float sum order).
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    moved |= bool(np.any(np.asarray(b) != np.asarray(p)))
+  assert moved
+  with pytest.raises(UserError, match="does not split into 3 micro-batches"):
+    train.micro_batches(dataclasses.replace(config, micro_batches=3), 8)
+  with pytest.raises(UserError, match="--micro-batches must be >= 0"):
+    dataclasses.replace(config, micro_batches=-1).validate()

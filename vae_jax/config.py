@@ -20,7 +20,7 @@ class Config:
   batch_size: int = 100              # global batch, split over devices and hosts
   # model
   latent_dim: int = 50               # 2 gives the latent-manifold picture
-  conv_transpose: str = "gemm"   # 'gemm' (exact, as matmuls) or 'xla' (lax.conv_transpose)
+  conv_transpose: str = "gemm"       # 'gemm': every conv as exact GEMMs; 'xla': Flax's Conv layers
   dtype: str = "float32"             # compute dtype of the layers; 'bfloat16' is an option on GPU
   # objective and optimizer
   kl: str = "mc"                     # 'mc': the seed's one-sample estimate; 'analytic': closed form
@@ -30,6 +30,8 @@ class Config:
   seed: int = 0                      # fixes init, shuffling and every noise draw
   loop: str = "scan"                 # 'scan': epochs as jitted lax.scan chunks; 'step': one jit per batch
   steps_per_chunk: int = 0           # batches per jitted scan; 0: the backend's default (train.py)
+  micro_batches: int = 0             # parts each device's batch is split into for the gradient
+                                     # (same sum); 0: the backend's default (train.py)
   parallel: str = "auto"             # none | sharded | pmap | auto (sharded when >1 device)
   devices: int | None = None         # sharded/pmap over this many devices (None: all visible)
   # outputs
@@ -55,6 +57,9 @@ class Config:
     need(self.kl in ("mc", "analytic"), f"--kl must be mc or analytic, got {self.kl!r}")
     need(self.loop in ("scan", "step"), f"--loop must be scan or step, got {self.loop!r}")
     need(self.steps_per_chunk >= 0, f"--steps-per-chunk must be >= 0, got {self.steps_per_chunk}")
+    need(self.micro_batches >= 0, f"--micro-batches must be >= 0, got {self.micro_batches}")
+    need(self.micro_batches == 0 or self.batch_size % self.micro_batches == 0,
+         f"--batch-size {self.batch_size} does not split into {self.micro_batches} micro-batches")
     need(self.devices is None or self.devices >= 1, f"--devices must be >= 1, got {self.devices}")
     need(self.parallel in ("auto", "none", "sharded", "pmap"),
          f"--parallel must be none, sharded, pmap or auto, got {self.parallel!r}")

@@ -20,7 +20,7 @@ from vae_jax.errors import UserError
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
 # Settings a resumed run may change: results depend on neither the placement nor the device count.
-RESUMABLE_CHANGES = ("epochs", "parallel", "devices")
+RESUMABLE_CHANGES = ("epochs", "parallel", "devices", "micro_batches")
 
 
 class TrainingDiverged(UserError):

@@ -17,6 +17,7 @@ from flax import nnx
 
 from vae_jax import losses
 from vae_jax.config import Config
+from vae_jax.errors import UserError
 from vae_jax.models import CVAE
 from vae_jax.parallel import Strategy
 
@@ -94,6 +95,19 @@ def batch_sums(model: CVAE, x_u8, mask_B, eps, kl: str):
   return {k: jnp.sum(v * mask_B) for k, v in terms.items()}
 
 
+def micro_batches(config: Config, local_batch: int) -> int:
+  """How many parts the step splits a device's batch into; their loss sums add up to the batch's.
+
+  config.micro_batches, else 2 on CPU (when the batch splits evenly), else 1. On XLA:CPU two
+  half-batch graphs run 6-7% faster than one (measured with the 2-core benchmark machine): their
+  activations are half the size, and one half's small single-threaded ops overlap the other's.
+  """
+  parts = config.micro_batches or (2 if jax.default_backend() == "cpu" and local_batch % 2 == 0 else 1)
+  if local_batch % parts:
+    raise UserError(f"each device's batch of {local_batch} does not split into {parts} micro-batches")
+  return parts
+
+
 def make_train_step(graphdef, tx, config: Config, axis_name: str | None):
   """(state, x_u8, mask, noise_key) -> (state, sums): one Adam step on the batch's mean loss."""
 
@@ -102,8 +116,14 @@ def make_train_step(graphdef, tx, config: Config, axis_name: str | None):
                         _global_index(x_u8.shape[0], axis_name), config.latent_dim)
     count = _psum(jnp.sum(mask_B), axis_name)
 
+    parts = micro_batches(config, x_u8.shape[0])
+
     def loss_fn(params):
-      sums = batch_sums(nnx.merge(graphdef, params), x_u8, mask_B, eps, config.kl)
+      model = nnx.merge(graphdef, params)
+      size = x_u8.shape[0] // parts
+      sums = [batch_sums(model, *(a[i * size:(i + 1) * size] for a in (x_u8, mask_B, eps)), config.kl)
+              for i in range(parts)]
+      sums = jax.tree.map(lambda *s: functools.reduce(jnp.add, s), *sums)
       # Local sum over the global count: summing the devices' gradients gives the global mean's.
       return sums["loss"] / count, sums
 
