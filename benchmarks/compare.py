@@ -48,9 +48,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batch-size", type=int, default=d.batch_size)
   p.add_argument("--latent-dim", type=int, default=d.latent_dim)
   p.add_argument("--steps", type=int, default=500, help="training steps timed in each throughput run")
+  p.add_argument("--throughput-rounds", type=int, default=3,
+                 help="JAX and TF throughput runs back to back this many times; the median ratio counts")
   p.add_argument("--out", required=True, help="new or empty directory for the report")
   args = p.parse_args(argv)
-  for name in ("epochs", "seeds", "batch_size", "latent_dim", "steps", "train_size"):
+  for name in ("epochs", "seeds", "batch_size", "latent_dim", "steps", "train_size",
+               "throughput_rounds"):
     value = getattr(args, name)
     if value is not None and value < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -137,14 +140,18 @@ def main(argv=None) -> int:
       for name, workdir in (("jax", jax_dir), ("tf", tf_dir)):
         rows[name].append(read_metrics(workdir))
         print(f"  {name} seed {seed}: final test ELBO {rows[name][-1][-1]['test_elbo']:.2f}")
-    for name in ("jax", "tf"):
-      path = os.path.join(out, f"throughput_{name}.json")
-      run_logged(f"{name} throughput", [
-          py, "-m", "benchmarks.throughput", "--framework", name, "--batch-size", str(args.batch_size),
-          "--latent-dim", str(args.latent_dim), "--steps", str(args.steps), "--out", path])
-      with open(path) as f:
-        throughput[name] = json.load(f)
-      print(f"  {name}: {throughput[name]['images_per_sec']:,.0f} training images/s")
+    throughput = {"jax": [], "tf": []}
+    for r in range(args.throughput_rounds):
+      # Back to back, TF first in every second round: slow drifts of the machine's speed hit both.
+      for name in ("jax", "tf") if r % 2 == 0 else ("tf", "jax"):
+        path = os.path.join(out, f"throughput_{name}_round{r + 1}.json")
+        run_logged(f"{name} throughput round {r + 1}", [
+            py, "-m", "benchmarks.throughput", "--framework", name,
+            "--batch-size", str(args.batch_size), "--latent-dim", str(args.latent_dim),
+            "--steps", str(args.steps), "--out", path])
+        with open(path) as f:
+          throughput[name].append(json.load(f))
+        print(f"  {name}: {throughput[name][-1]['images_per_sec']:,.0f} training images/s")
   except RunFailed as e:
     print(f"error: {e}", file=sys.stderr)
     return 2 if e.returncode == 2 else 1
@@ -152,7 +159,7 @@ def main(argv=None) -> int:
   settings = {"data": args.data, "epochs": args.epochs, "train_size": args.train_size,
               "seeds": list(range(args.seeds)), "batch_size": args.batch_size,
               "latent_dim": args.latent_dim, "learning_rate": get_config().learning_rate,
-              "throughput_steps": args.steps}
+              "throughput_steps": args.steps, "throughput_rounds": args.throughput_rounds}
   report = report_lib.build(
       rows, throughput, command=command, runs=runs,
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

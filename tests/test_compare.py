@@ -79,6 +79,26 @@ def test_build_takes_the_final_epoch_and_writes_all_three_files(tmp_path):
   assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rounds_report_the_round_with_the_median_ratio(tmp_path):
+  # Round ratios 0.8, 1.25, 1.0: the median is round 3's, whose own numbers fill the table.
+  jax_runs = [_throughput(80.0), _throughput(125.0), _throughput(300.0)]
+  tf_runs = [_throughput(100.0), _throughput(100.0), _throughput(300.0)]
+  for i, run in enumerate(jax_runs):
+    run["step_ms_median"] = float(i)
+  r = report.build({"jax": _rows([[-150.0]]), "tf": _rows([[-150.0]])},
+                   {"jax": jax_runs, "tf": tf_runs}, command=["x"], runs=[], date="today",
+                   settings={"data": "synthetic", "epochs": 1, "train_size": None, "seeds": [0],
+                             "batch_size": 100, "latent_dim": 50},
+                   machine={"cpu": "test cpu", "cores": 2, "platform": "test"}, versions={})
+  assert r["verdict"]["throughput_ratio"] == pytest.approx(1.0)
+  assert r["verdict"]["throughput_round_ratios"] == pytest.approx([0.8, 1.25, 1.0])
+  assert r["jax"]["step_ms_median"] == 2.0 and r["jax"]["images_per_sec"] == 300.0
+  assert r["jax"]["images_per_sec_rounds"] == [80.0, 125.0, 300.0]
+  assert "median of 3 alternating rounds (0.80, 1.25, 1.00)" in r["verdict"]["text"]
+  report.write(r, str(tmp_path))
+  assert "| 2 | 125 | 100 | 1.25x |" in (tmp_path / "report.md").read_text()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--batch-size", "-3"], "--batch-size must be >= 1"),
@@ -108,7 +128,7 @@ def test_refuses_a_non_empty_out_dir(tmp_path, capsys):
 def test_tiny_compare_end_to_end(tmp_path):
   out = tmp_path / "cmp"
   argv = ["--data", "mnist-5k", "--epochs", "1", "--train-size", "200", "--seeds", "1",
-          "--batch-size", "50", "--steps", "10", "--out", str(out)]
+          "--batch-size", "50", "--steps", "10", "--throughput-rounds", "1", "--out", str(out)]
   done = subprocess.run([sys.executable, "-m", "benchmarks.compare", *argv], capture_output=True,
                         text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -124,8 +144,9 @@ def test_tiny_compare_end_to_end(tmp_path):
     assert r[name]["images_per_sec"] > 0 and r[name]["step_ms_p90"] >= r[name]["step_ms_median"]
     assert math.isfinite(r[name]["compile_seconds"]) and r[name]["compile_seconds"] > 0
   # The verdict is what the report's own numbers say.
-  assert r["verdict"] == report.verdict(r["jax"]["test_elbo"][0][-1:], r["tf"]["test_elbo"][0][-1:],
-                                        r["jax"]["images_per_sec"], r["tf"]["images_per_sec"])
+  assert r["verdict"] == report.verdict(
+      r["jax"]["test_elbo"][0][-1:], r["tf"]["test_elbo"][0][-1:], r["jax"]["images_per_sec"],
+      r["tf"]["images_per_sec"], [r["jax"]["images_per_sec"] / r["tf"]["images_per_sec"]])
   assert r["verdict"]["text"] in (out / "report.md").read_text()
   assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # The TF reference writes the main job's row keys.
