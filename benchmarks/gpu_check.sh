@@ -2,6 +2,7 @@
 # The one-call GPU check: tests on the GPU, the full tutorial run, and a throughput sweep.
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]      (OUTDIR defaults to $OUT, else benchmarks/results/gpu)
+#   RUN_ARGS="--dtype bfloat16" TRAIN_TESTS=0 bash benchmarks/gpu_check.sh   (a bf16 tutorial run)
 #
 # Needs jax, flax, optax, orbax, matplotlib, imageio, tqdm; wheels in .whl/ (e.g. mlxtend) are
 # installed to /tmp/site first, and the canonical MNIST IDX files are read from ${DATA:-data/mnist}.
@@ -11,6 +12,8 @@ set -uo pipefail
 out=${1:-${OUT:-benchmarks/results/gpu}}
 data=${DATA:-data/mnist}
 epochs=${EPOCHS:-100}
+run_args=${RUN_ARGS:-}          # e.g. "--dtype bfloat16" for the tutorial run
+train_tests=${TRAIN_TESTS:-1}   # 0 skips the training and CLI tests at the end
 mkdir -p "$out"
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -34,15 +37,17 @@ section "parity and model tests on the accelerator (float32 matmuls at highest p
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 -m pytest -q -p no:cacheprovider \
   tests/test_golden_parity.py tests/test_models.py tests/test_losses.py
 
-section "the tutorial run: canonical MNIST, latent 50, batch 100, Adam 1e-4, $epochs epochs"
+section "the tutorial run: canonical MNIST, latent 50, batch 100, Adam 1e-4, $epochs epochs $run_args"
 rm -rf /tmp/tutorial_run
 timeout 240 python3 -m experiments.mnist_vae --data "idx:$data" --epochs "$epochs" \
-  --workdir /tmp/tutorial_run
+  --workdir /tmp/tutorial_run $run_args
 tar czf "$out/tutorial_run.tar.gz" -C /tmp/tutorial_run --exclude checkpoints .
 
 section "throughput sweep"
 timeout 150 python3 -m benchmarks.gpu_sweep --out "$out/sweep.jsonl" ${SWEEP_ARGS:-}
 
-section "training and CLI tests on the accelerator"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_cli.py
+if [ "$train_tests" != 0 ]; then
+  section "training and CLI tests on the accelerator"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_cli.py
+fi
 section done
