@@ -25,8 +25,8 @@ def _zero(dtype):
 
 
 def _transposed(a_2d):
-  """a_2d.T materialized. XLA folds a plain transpose into the dot, and XLA:CPU then runs the
-  transposed-operand GEMM in Eigen at a third of YNNPACK's speed for the same product."""
+  """a_2d.T materialized (the barrier): XLA would fold a plain transpose into the dot, and
+  XLA:CPU runs that transposed-operand GEMM in Eigen rather than YNNPACK."""
   return jax.lax.optimization_barrier(a_2d.T)
 
 
@@ -134,8 +134,13 @@ def _phase_bwd(relu, residuals, dy):
   windows = _windows(dy, 3, 2, (h, w)).reshape(n * h * w, 9 * c_out)      # (r, s, c_out)
   flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9 * c_out, c_in)
   dx = jnp.dot(windows, flipped).reshape(x.shape)
-  dflipped = jnp.dot(_transposed(x.reshape(-1, c_in)), windows).reshape(c_in, 3, 3, c_out)
-  return dx, dflipped.transpose(1, 2, 0, 3)[::-1, ::-1], jnp.sum(dy, axis=(0, 1, 2))
+  # The kernel gradient x^T @ windows, with a row of ones under x^T: that row sums the windows,
+  # and those with offsets r, s < 2 cover every dy value once, giving the bias gradient without
+  # another pass over dy (2-4% of the CPU step).
+  x_t = jnp.concatenate([x.reshape(-1, c_in).T, jnp.ones((1, n * h * w), x.dtype)])
+  dflipped = jnp.dot(jax.lax.optimization_barrier(x_t), windows).reshape(c_in + 1, 3, 3, c_out)
+  dbias = jnp.sum(dflipped[c_in, :2, :2], axis=(0, 1))
+  return dx, dflipped[:c_in].transpose(1, 2, 0, 3)[::-1, ::-1], dbias
 
 
 _phase_conv_transpose = jax.custom_vjp(_phase_fwd_core, nondiff_argnums=(3,))

@@ -1,0 +1,105 @@
+"""Forward+backward time of each convolution layer of the CVAE, one framework per process.
+
+  python -m benchmarks.layers --framework jax --out jax.json
+  python -m benchmarks.layers --framework tf --out tf.json
+
+Each layer at the tutorial's shapes (batch 100) with a ReLU where the model has one: the time of
+one jitted / tf.function call computing the input, kernel and bias gradients of sum(y**2), best
+of 5 repeats of 30 calls. It says which layers a whole-step gap comes from. The layers run alone
+here, so their sum is not the training step's time.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+BATCH = 100
+# name: (kind, input height, input channels, output channels, stride, relu)
+LAYERS = {
+    "enc_conv1": ("conv", 28, 1, 32, 2, True),
+    "enc_conv2": ("conv", 13, 32, 64, 2, True),
+    "dec_deconv1": ("conv_transpose", 7, 32, 64, 2, True),
+    "dec_deconv2": ("conv_transpose", 14, 64, 32, 2, True),
+    "dec_deconv3": ("conv_transpose", 28, 32, 1, 1, False),
+}
+
+
+def best_ms(call, sync, repeats: int = 5, calls: int = 30) -> float:
+  sync(call())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls - 1):
+      call()
+    sync(call())
+    times.append((time.perf_counter() - start) / calls * 1e3)
+  return min(times)
+
+
+def jax_layers() -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from vae_jax import models  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, (kind, size, c_in, c_out, stride, relu) in LAYERS.items():
+    keys = jax.random.split(jax.random.key(0), 2)
+    x = jax.random.normal(keys[0], (BATCH, size, size, c_in))
+    kernel = 0.1 * jax.random.normal(keys[1], (3, 3, c_in, c_out))
+    bias = jnp.zeros((c_out,))
+    if kind == "conv":
+      layer = lambda x, k, b, s=stride: models.patch_conv_relu(x, k, b, s)
+    elif stride == 2:
+      layer = lambda x, k, b, r=relu: models.phase_conv_transpose(x, k, b, r)
+    else:
+      layer = models.tap_matmul_conv_transpose
+    grads = jax.jit(jax.grad(lambda *a, f=layer: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2)))
+    out[name] = best_ms(lambda g=grads: g(x, kernel, bias), jax.block_until_ready)
+  return out
+
+
+def tf_layers() -> dict:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, (kind, size, c_in, c_out, stride, relu) in LAYERS.items():
+    cls = tf.keras.layers.Conv2D if kind == "conv" else tf.keras.layers.Conv2DTranspose
+    padding = "valid" if kind == "conv" else "same"
+    layer = cls(c_out, 3, strides=stride, padding=padding, activation="relu" if relu else None)
+    x = tf.random.normal((BATCH, size, size, c_in))
+    layer(x)
+
+    @tf.function
+    def grads(x, layer=layer):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x) ** 2)
+      return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    out[name] = best_ms(lambda g=grads: g(x), lambda r: [np.asarray(t) for t in r])
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--framework", choices=("jax", "tf"), required=True)
+  p.add_argument("--out", help="write the result as JSON here too (a new file)")
+  args = p.parse_args(argv)
+  if args.out and os.path.exists(args.out):
+    p.error(f"--out {args.out} exists; choose a new file")
+  result = {"framework": args.framework, "batch_size": BATCH,
+            "fwd_bwd_ms": jax_layers() if args.framework == "jax" else tf_layers()}
+  line = json.dumps(result)
+  print(line)
+  if args.out:
+    with open(args.out, "x") as f:
+      f.write(line + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
