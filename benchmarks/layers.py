@@ -4,12 +4,15 @@
   python -m benchmarks.layers --framework tf --out tf.json
 
 Each layer at the tutorial's shapes (batch 100) with a ReLU where the model has one: the time of
-one jitted / tf.function call computing the input, kernel and bias gradients of sum(y**2), best
-of 5 repeats of 30 calls. It says which layers a whole-step gap comes from. The layers run alone
+one jitted / tf.function call computing the input, kernel and bias gradients of sum(y * c), with c
+a fixed random array (an incoming gradient, as in the training step), best of 5 repeats of 30
+calls. It says which layers a whole-step gap comes from. The layers run alone
 here, so their sum is not the training step's time.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import sys
@@ -26,6 +29,24 @@ LAYERS = {
     "dec_deconv2": ("conv_transpose", 14, 64, 32, 2, True),
     "dec_deconv3": ("conv_transpose", 28, 32, 1, 1, False),
 }
+
+
+def retain_freed_memory() -> bool:
+  """Keeps glibc from returning freed blocks to the kernel (mallopt: no mmap, no trimming).
+
+  Without it, an XLA:CPU call that frees tens of MB of temporaries page-faults them in again on
+  the next call (about 10 ms for this benchmark's largest layer), while TensorFlow's allocator
+  keeps its memory: a per-call benchmark would mostly time the page faults. The training step is
+  barely affected (2-4%, measured), since a scan chunk of 10 steps allocates once.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+  except (OSError, AttributeError):  # not glibc
+    return False
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  return bool(mallopt(-4, 0)) and bool(mallopt(-1, 2**31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
 
 
 def best_ms(call, sync, repeats: int = 5, calls: int = 30) -> float:
@@ -46,18 +67,20 @@ def jax_layers() -> dict:
   from vae_jax import models  # pylint: disable=import-outside-toplevel
   out = {}
   for name, (kind, size, c_in, c_out, stride, relu) in LAYERS.items():
-    keys = jax.random.split(jax.random.key(0), 2)
+    keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (BATCH, size, size, c_in))
     kernel = 0.1 * jax.random.normal(keys[1], (3, 3, c_in, c_out))
     bias = jnp.zeros((c_out,))
+    out_size = (size - 3) // stride + 1 if kind == "conv" else size * stride
+    cotangent = jax.random.normal(keys[2], (BATCH, out_size, out_size, c_out))
     if kind == "conv":
       layer = lambda x, k, b, s=stride: models.patch_conv_relu(x, k, b, s)
     elif stride == 2:
       layer = lambda x, k, b, r=relu: models.phase_conv_transpose(x, k, b, r)
     else:
       layer = models.tap_matmul_conv_transpose
-    grads = jax.jit(jax.grad(lambda *a, f=layer: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2)))
-    out[name] = best_ms(lambda g=grads: g(x, kernel, bias), jax.block_until_ready)
+    grads = jax.jit(jax.grad(lambda x, k, b, c, f=layer: jnp.sum(f(x, k, b) * c), argnums=(0, 1, 2)))
+    out[name] = best_ms(lambda g=grads, c=cotangent: g(x, kernel, bias, c), jax.block_until_ready)
   return out
 
 
@@ -70,16 +93,16 @@ def tf_layers() -> dict:
     padding = "valid" if kind == "conv" else "same"
     layer = cls(c_out, 3, strides=stride, padding=padding, activation="relu" if relu else None)
     x = tf.random.normal((BATCH, size, size, c_in))
-    layer(x)
+    cotangent = tf.random.normal(layer(x).shape)
 
     @tf.function
-    def grads(x, layer=layer):
+    def grads(x, c, layer=layer):
       with tf.GradientTape() as tape:
         tape.watch(x)
-        loss = tf.reduce_sum(layer(x) ** 2)
+        loss = tf.reduce_sum(layer(x) * c)
       return tape.gradient(loss, [x, *layer.trainable_variables])
 
-    out[name] = best_ms(lambda g=grads: g(x), lambda r: [np.asarray(t) for t in r])
+    out[name] = best_ms(lambda g=grads, c=cotangent: g(x, c), lambda r: [np.asarray(t) for t in r])
   return out
 
 
@@ -92,6 +115,7 @@ def main(argv=None) -> int:
   if args.out and os.path.exists(args.out):
     p.error(f"--out {args.out} exists; choose a new file")
   result = {"framework": args.framework, "batch_size": BATCH,
+            "retained_freed_memory": retain_freed_memory(),
             "fwd_bwd_ms": jax_layers() if args.framework == "jax" else tf_layers()}
   line = json.dumps(result)
   print(line)
