@@ -13,12 +13,13 @@ here, so their sum is not the training step's time.
 import argparse
 import ctypes
 import ctypes.util
-import json
 import os
 import sys
 import time
 
 import numpy as np
+
+from benchmarks import throughput
 
 BATCH = 100
 # name: (kind, input height, input channels, output channels, stride, relu)
@@ -117,11 +118,7 @@ def main(argv=None) -> int:
   result = {"framework": args.framework, "batch_size": BATCH,
             "retained_freed_memory": retain_freed_memory(),
             "fwd_bwd_ms": jax_layers() if args.framework == "jax" else tf_layers()}
-  line = json.dumps(result)
-  print(line)
-  if args.out:
-    with open(args.out, "x") as f:
-      f.write(line + "\n")
+  throughput.emit(result, args.out)
   return 0
 
 

@@ -165,6 +165,15 @@ def measure(bench: Bench, batch_size: int, steps: int) -> dict:
   }
 
 
+def emit(result: dict, out: str | None) -> None:
+  """Prints the result as one JSON line, and writes it to `out` (a new file) too if given."""
+  line = json.dumps(result)
+  print(line)
+  if out:
+    with open(out, "x") as f:
+      f.write(line + "\n")
+
+
 def main(argv=None) -> int:
   d = get_config()
   p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
@@ -205,11 +214,7 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   result.update(measure(bench, args.batch_size, args.steps))
-  line = json.dumps(result)
-  print(line)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(line + "\n")
+  emit(result, args.out)
   return 0
 
 

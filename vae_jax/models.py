@@ -1,4 +1,4 @@
-"""The seed's convolutional VAE in Flax NNX, with an exact fast transposed convolution."""
+"""The seed's convolutional VAE in Flax NNX, its convolutions as exact GEMMs with custom VJPs."""
 
 from typing import Literal
 
