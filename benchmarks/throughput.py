@@ -190,7 +190,7 @@ def main(argv=None) -> int:
   p.add_argument("--steps-per-chunk", type=int, default=0,
                  help="jax: steps per compiled chunk (0: the backend's default)")
   p.add_argument("--micro-batches", type=int, default=0,
-                 help="jax: parts each device's batch is split into (0: the backend's default)")
+                 help="jax: parts each step's batch is split into (0: vae_jax.train's default)")
   p.add_argument("--out", help="write the result as JSON here too")
   args = p.parse_args(argv)
   for name in ("batch_size", "latent_dim", "steps"):

@@ -34,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps-per-chunk", type=int, default=d.steps_per_chunk,
                  help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
   p.add_argument("--micro-batches", type=int, default=d.micro_batches,
-                 help="split each device's batch into this many parts for the gradient "
-                      "(0: 2 on CPU, 1 elsewhere)")
+                 help="split each step's batch into this many parts for the gradient "
+                      "(0: 2 on a single CPU device, else 1)")
   p.add_argument("--parallel", choices=("auto", "none", "sharded", "pmap"), default=d.parallel)
   p.add_argument("--devices", type=int, default=d.devices,
                  help="data-parallel over this many devices (default: all visible)")

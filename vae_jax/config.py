@@ -30,8 +30,8 @@ class Config:
   seed: int = 0                      # fixes init, shuffling and every noise draw
   loop: str = "scan"                 # 'scan': epochs as jitted lax.scan chunks; 'step': one jit per batch
   steps_per_chunk: int = 0           # batches per jitted scan; 0: the backend's default (train.py)
-  micro_batches: int = 0             # parts each device's batch is split into for the gradient
-                                     # (same sum); 0: the backend's default (train.py)
+  micro_batches: int = 0             # parts each step's batch is split into for the gradient
+                                     # (same sum); 0: 2 on a single CPU device, else 1 (train.py)
   parallel: str = "auto"             # none | sharded | pmap | auto (sharded when >1 device)
   devices: int | None = None         # sharded/pmap over this many devices (None: all visible)
   # outputs

@@ -95,16 +95,18 @@ def batch_sums(model: CVAE, x_u8, mask_B, eps, kl: str):
   return {k: jnp.sum(v * mask_B) for k, v in terms.items()}
 
 
-def micro_batches(config: Config, local_batch: int) -> int:
-  """How many parts the step splits a device's batch into; their loss sums add up to the batch's.
+def micro_batches(config: Config, batch: int) -> int:
+  """How many parts the step splits the batch it traces into; their loss sums add up to the batch's.
 
-  config.micro_batches, else 2 on CPU (when the batch splits evenly), else 1. On XLA:CPU two
-  half-batch graphs run 6-7% faster than one (measured with the 2-core benchmark machine): their
-  activations are half the size, and one half's small single-threaded ops overlap the other's.
+  config.micro_batches, else 2 on a single CPU device (when the batch splits evenly), else 1. On
+  XLA:CPU two half-batch graphs run 6-7% faster than one (measured on the 2-core benchmark
+  machine): their activations are half the size, and one half's small single-threaded ops overlap
+  the other's. (Under pmap the traced batch is a device's share; under sharded jit, the global one.)
   """
-  parts = config.micro_batches or (2 if jax.default_backend() == "cpu" and local_batch % 2 == 0 else 1)
-  if local_batch % parts:
-    raise UserError(f"each device's batch of {local_batch} does not split into {parts} micro-batches")
+  single_cpu = jax.default_backend() == "cpu" and (config.devices or jax.device_count()) == 1
+  parts = config.micro_batches or (2 if single_cpu and batch % 2 == 0 else 1)
+  if batch % parts:
+    raise UserError(f"a batch of {batch} per step does not split into {parts} micro-batches")
   return parts
 
 
