@@ -123,7 +123,7 @@ def main(argv=None) -> int:
   if args.train_size is not None:
     common += ["--train-size", str(args.train_size)]
   py = sys.executable
-  rows, throughput, runs = {"jax": [], "tf": []}, {}, []
+  rows, throughput, runs = {"jax": [], "tf": []}, {"jax": [], "tf": []}, []
 
   def run_logged(name, argv):
     runs.append(argv)
@@ -140,7 +140,6 @@ def main(argv=None) -> int:
       for name, workdir in (("jax", jax_dir), ("tf", tf_dir)):
         rows[name].append(read_metrics(workdir))
         print(f"  {name} seed {seed}: final test ELBO {rows[name][-1][-1]['test_elbo']:.2f}")
-    throughput = {"jax": [], "tf": []}
     for r in range(args.throughput_rounds):
       # Back to back, TF first in every second round: slow drifts of the machine's speed hit both.
       for name in ("jax", "tf") if r % 2 == 0 else ("tf", "jax"):

@@ -36,9 +36,9 @@ def retain_freed_memory() -> bool:
   """Keeps glibc from returning freed blocks to the kernel (mallopt: no mmap, no trimming).
 
   Without it, an XLA:CPU call that frees tens of MB of temporaries page-faults them in again on
-  the next call (about 10 ms for this benchmark's largest layer), while TensorFlow's allocator
+  the next call, while TensorFlow's allocator
   keeps its memory: a per-call benchmark would mostly time the page faults. The training step is
-  barely affected (2-4%, measured), since a scan chunk of 10 steps allocates once.
+  affected much less, since a scan chunk of 10 steps allocates once.
   """
   if not sys.platform.startswith("linux"):
     return False

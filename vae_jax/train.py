@@ -99,9 +99,8 @@ def micro_batches(config: Config, batch: int) -> int:
   """How many parts the step splits the batch it traces into; their loss sums add up to the batch's.
 
   config.micro_batches, else 2 on a single CPU device (when the batch splits evenly), else 1. On
-  XLA:CPU two half-batch graphs run 6-7% faster than one (measured on the 2-core benchmark
-  machine): their activations are half the size, and one half's small single-threaded ops overlap
-  the other's. (Under pmap the traced batch is a device's share; under sharded jit, the global one.)
+  XLA:CPU two half-batch graphs run faster than one (1.09x, benchmarks/results/cpu_micro_batches/):
+  their activations are half the size, and one half's small ops overlap the other's. (Under pmap the traced batch is a device's share; under sharded jit, the global one.)
   """
   single_cpu = jax.default_backend() == "cpu" and (config.devices or jax.device_count()) == 1
   parts = config.micro_batches or (2 if single_cpu and batch % 2 == 0 else 1)
