@@ -24,10 +24,14 @@ def _zero(dtype):
   return jnp.zeros((), dtype)
 
 
-def _transposed(a_2d):
-  """a_2d.T materialized (the barrier): XLA would fold a plain transpose into the dot, and
-  XLA:CPU runs that transposed-operand GEMM in Eigen rather than YNNPACK."""
-  return jax.lax.optimization_barrier(a_2d.T)
+def _rows_contracted(a_2d, b_2d):
+  """a_2d^T @ b_2d, contracting the (long) row axis of both, with neither transpose materialized.
+
+  A kernel gradient. On XLA:CPU the plain dot runs this faster inside the training step than a
+  materialized transpose fed to YNNPACK: 1.04x the whole step for the two layer kinds that use it
+  (in-process race of 10-step chunks, 2026-11-26).
+  """
+  return jax.lax.dot_general(a_2d, b_2d, (((0,), (0,)), ((), ())))
 
 
 def _relu_mask(dy, y, relu: bool):
@@ -66,7 +70,7 @@ def _patch_conv_bwd(stride, residuals, dy):
   x, patches, kernel, y = residuals
   dy = _relu_mask(dy, y, True)
   dy_2d = dy.reshape(-1, kernel.shape[-1])
-  dkernel = jnp.dot(_transposed(dy_2d), patches).T.reshape(kernel.shape)
+  dkernel = _rows_contracted(patches, dy_2d).reshape(kernel.shape)
   _, conv_vjp = jax.vjp(lambda x_: jax.lax.conv_general_dilated(
       x_, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
   dx, = conv_vjp(dy)  # XLA's own input gradient is fast; unused (and dropped) for the first layer
@@ -138,7 +142,7 @@ def _phase_bwd(relu, residuals, dy):
   # the windows, and those with offsets r, s < 2 cover every dy value once, giving the bias
   # gradient without another pass over dy.
   x_ones = jnp.concatenate([x.reshape(-1, c_in), jnp.ones((n * h * w, 1), x.dtype)], axis=1)
-  dflipped = jnp.dot(_transposed(x_ones), windows).reshape(c_in + 1, 3, 3, c_out)
+  dflipped = _rows_contracted(x_ones, windows).reshape(c_in + 1, 3, 3, c_out)
   dbias = jnp.sum(dflipped[c_in, :2, :2], axis=(0, 1))
   return dx, dflipped[:c_in].transpose(1, 2, 0, 3)[::-1, ::-1], dbias
 
