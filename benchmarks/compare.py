@@ -21,6 +21,7 @@ import time
 
 from benchmarks import report as report_lib
 from vae_jax import data as data_lib
+from vae_jax import hugepages
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 from vae_jax.run import METRICS_FILE, read_metrics
@@ -100,7 +101,9 @@ def machine() -> dict:
   if os.path.exists("/proc/cpuinfo"):
     with open("/proc/cpuinfo") as f:
       cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+  # Both frameworks' processes inherit this process's environment (see vae_jax.hugepages).
+  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def versions() -> dict:
@@ -170,4 +173,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
   sys.exit(main())

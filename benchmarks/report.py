@@ -161,6 +161,8 @@ def markdown(report: dict) -> str:
             f"- command: `{' '.join(report['command'])}`",
             f"- date: {report['date']}",
             f"- machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
+            f"- environment of both frameworks' runs: GLIBC_TUNABLES="
+            f"`{m.get('glibc_tunables') or '(unset)'}` (vae_jax/hugepages.py)",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
   return "\n".join(lines)
 

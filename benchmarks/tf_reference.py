@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from vae_jax import data as data_lib
+from vae_jax import hugepages
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 
@@ -315,4 +316,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
   sys.exit(main())

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vae_jax import data as data_lib
+from vae_jax import hugepages
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 
@@ -201,7 +202,8 @@ def main(argv=None) -> int:
   if args.framework == "tf" and (args.parallel != "none" or args.devices or args.steps_per_chunk
                                  or args.micro_batches):
     p.error("--parallel, --devices, --steps-per-chunk and --micro-batches are for --framework jax")
-  result = {"framework": args.framework, "latent_dim": args.latent_dim}
+  result = {"framework": args.framework, "latent_dim": args.latent_dim,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # vae_jax/hugepages.py
   try:
     if args.framework == "jax":
       result.update(parallel=args.parallel, devices=args.devices, micro_batches=args.micro_batches)
@@ -219,4 +221,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
   sys.exit(main())

@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from vae_jax import hugepages
 from vae_jax.config import Config, get_config
 
 
@@ -74,4 +75,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
   sys.exit(main())
