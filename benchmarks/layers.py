@@ -37,8 +37,9 @@ def retain_freed_memory() -> bool:
 
   Without it, an XLA:CPU call that frees tens of MB of temporaries page-faults them in again on
   the next call, while TensorFlow's allocator
-  keeps its memory: a per-call benchmark would mostly time the page faults. The training step is
-  affected much less, since a scan chunk of 10 steps allocates once.
+  keeps its memory: a per-call benchmark would mostly time the page faults. (A training chunk's
+  88 MB of temporaries are beyond what this can keep: glibc maps them afresh on every call from
+  its worker thread, which vae_jax/hugepages.py puts on huge pages instead.)
   """
   if not sys.platform.startswith("linux"):
     return False
