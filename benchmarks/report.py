@@ -54,13 +54,12 @@ def verdict(jax_final, tf_final, jax_images_per_sec: float, tf_images_per_sec: f
           "throughput_round_ratios": list(round_ratios or [ratio]), "text": text}
 
 
-def median_round(throughput: dict) -> tuple[dict, list[float]]:
+def median_round(runs: dict) -> tuple[dict, list[float]]:
   """({framework: its result in the round with the median JAX/TF ratio}, every round's ratio).
 
-  `throughput[name]` is one benchmarks.throughput result or a list of them, one per round (JAX and
-  TF run back to back in each round, so a round's ratio sees one state of a noisy machine).
+  `runs[name]` lists the benchmarks.throughput results, one per round (JAX and TF run back to
+  back in each round, so a round's ratio sees one state of a noisy machine).
   """
-  runs = {n: v if isinstance(v, list) else [v] for n, v in throughput.items()}
   ratios = [j["images_per_sec"] / t["images_per_sec"] for j, t in zip(runs["jax"], runs["tf"])]
   middle = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]
   return {n: runs[n][middle] for n in runs}, ratios
@@ -69,12 +68,13 @@ def median_round(throughput: dict) -> tuple[dict, list[float]]:
 def build(rows: dict, throughput: dict, **meta) -> dict:
   """report.json's content from each framework's per-seed epoch rows and its throughput run(s)."""
   report = dict(meta)
-  chosen, ratios = median_round(throughput)
+  # One throughput result per framework, or a list of them (one per round).
+  runs = {n: v if isinstance(v, list) else [v] for n, v in throughput.items()}
+  chosen, ratios = median_round(runs)
   for name in FRAMEWORKS:
     report[name] = {k: [[r[k] for r in seed_rows] for seed_rows in rows[name]] for k in CURVES}
     report[name].update({k: chosen[name][k] for k in THROUGHPUT})
-    runs = throughput[name] if isinstance(throughput[name], list) else [throughput[name]]
-    report[name]["images_per_sec_rounds"] = [r["images_per_sec"] for r in runs]
+    report[name]["images_per_sec_rounds"] = [r["images_per_sec"] for r in runs[name]]
   report["verdict"] = verdict(*([c[-1] for c in report[n]["test_elbo"]] for n in FRAMEWORKS),
                               *(report[n]["images_per_sec"] for n in FRAMEWORKS), ratios)
   return report

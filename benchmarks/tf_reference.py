@@ -13,14 +13,18 @@ import platform
 import sys
 import time
 
-import jax.numpy as jnp
-import numpy as np
-import tensorflow as tf
-
-from vae_jax import data as data_lib
 from vae_jax import hugepages
-from vae_jax.config import get_config
-from vae_jax.errors import UserError
+
+if __name__ == "__main__":
+  hugepages.relaunch()  # before TensorFlow loads: glibc reads GLIBC_TUNABLES at start
+
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
+
+from vae_jax import data as data_lib  # pylint: disable=wrong-import-position
+from vae_jax.config import get_config  # pylint: disable=wrong-import-position
+from vae_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 
 class CVAE(tf.keras.Model):
@@ -316,5 +320,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
   sys.exit(main())

@@ -100,7 +100,8 @@ def micro_batches(config: Config, batch: int) -> int:
 
   config.micro_batches, else 2 on a single CPU device (when the batch splits evenly), else 1. On
   XLA:CPU two half-batch graphs run faster than one (1.09x, benchmarks/results/cpu_micro_batches/):
-  their activations are half the size, and one half's small ops overlap the other's. (Under pmap the traced batch is a device's share; under sharded jit, the global one.)
+  their activations are half the size. (Under pmap the traced batch is a device's share; under
+  sharded jit, the global one.)
   """
   single_cpu = jax.default_backend() == "cpu" and (config.devices or jax.device_count()) == 1
   parts = config.micro_batches or (2 if single_cpu and batch % 2 == 0 else 1)
