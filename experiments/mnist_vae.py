@@ -12,8 +12,9 @@ import os
 import sys
 import warnings
 
-from vae_jax import hugepages
+from vae_jax import hugepages, interrupts
 from vae_jax.config import Config, get_config
+from vae_jax.errors import UserError, flush_std_streams, report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+  interrupts.install()  # first: Ctrl-C at any point asks the run to stop where nothing is lost
   args = parse_args(argv)
   config = dataclasses.replace(
       get_config(), data=args.data, epochs=args.epochs, latent_dim=args.latent_dim,
@@ -63,17 +65,23 @@ def main(argv=None) -> int:
       conv_transpose=args.conv_transpose, dtype=args.dtype)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-  from vae_jax import parallel, run  # pylint: disable=import-outside-toplevel
-  from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
+    from vae_jax import parallel, run  # pylint: disable=import-outside-toplevel
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     run.train_and_evaluate(config, args.workdir, resume=args.resume)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    report(f"error: {e}")
+    return 2
+  except interrupts.Interrupted as e:
+    report(str(e))
+    return e.exit_code
+  except OSError as e:  # an I/O failure no narrower handler named
+    from vae_jax.workdir import reason  # pylint: disable=import-outside-toplevel
+    report(f"error: {e.filename}: {reason(e)}" if e.filename else f"error: {reason(e)}")
     return 2
   return 0
 
 
 if __name__ == "__main__":
   hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(main())
+  sys.exit(flush_std_streams(main()))

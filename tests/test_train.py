@@ -13,6 +13,7 @@ from flax import nnx
 from vae_jax import config as config_lib
 from vae_jax import losses
 from vae_jax import run
+from vae_jax import workdir as workdir_lib
 from vae_jax.errors import UserError
 
 
@@ -77,14 +78,20 @@ def test_resume_ends_with_the_same_parameters(reference_run, cfg, tmp_path):
     np.testing.assert_array_equal(g, w)
 
 
+def _outputs(workdir):
+  """Modification times of a workdir's files (the lock file is every run's, not an output)."""
+  return {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)
+          if n != workdir_lib.LOCK_FILE}
+
+
 def test_workdir_is_never_overwritten(reference_run, cfg):
   workdir, _ = reference_run
-  before = {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
+  before = _outputs(workdir)
   with pytest.raises(UserError, match="not empty; pass --resume"):
     run.train_and_evaluate(cfg, workdir)
   with pytest.raises(UserError, match=r"settings differ .*latent_dim: 2 -> 3"):
     run.train_and_evaluate(dataclasses.replace(cfg, latent_dim=3), workdir, resume=True)
-  assert before == {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
+  assert before == _outputs(workdir)
 
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(cfg, tmp_path, monkeypatch):

@@ -4,8 +4,10 @@ Every source yields uint8 images of shape (N, 28, 28, 1) with values 0..255; `bi
 into the seed's {0, 1} pixels. Problems with the data raise `DataError` with a one-line message.
 """
 
+import contextlib
 import dataclasses
 import gzip
+import logging
 import os
 import socket
 import struct
@@ -127,6 +129,19 @@ def _network_reachable(host="storage.googleapis.com", port=443, timeout=3.0) -> 
     return False
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+  """Hides tfds' absl warnings ('Variant folder ... has no dataset_info.json'): a data set that is
+  not there is one DataError, or one warning of the `auto` fallback, not library noise."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
   """tfds `name` (train/test splits, 'image' feature); downloads only when the network answers."""
   try:
@@ -136,8 +151,9 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
 
   def _load(download):
     # Batched reads rather than batch_size=-1, which crashes TF 2.21 under tfds' mock_data.
-    return [ds.batch(10_000) for ds in tfds.load(name, split=["train", "test"],
-                                                 download=download, data_dir=data_dir)]
+    with _quiet_absl():
+      return [ds.batch(10_000) for ds in tfds.load(name, split=["train", "test"],
+                                                   download=download, data_dir=data_dir)]
 
   try:
     try:

@@ -6,6 +6,8 @@ import os
 import imageio.v3 as iio
 import numpy as np
 
+from vae_jax.workdir import writing
+
 _SCALE = 3  # nearest-neighbour upscaling so 28x28 digits are visible
 _GAP = 0.2  # gap intensity: a light grey line once inverted
 
@@ -38,9 +40,14 @@ def epoch_grid(samples: np.ndarray, originals: np.ndarray, reconstructions: np.n
   return to_png_array(np.concatenate([pad(left), np.full((height, 6), _GAP), pad(right)], axis=1))
 
 
+def epoch_grid_path(workdir: str, epoch: int) -> str:
+  return os.path.join(workdir, f"image_at_epoch_{epoch:04d}.png")
+
+
 def save_epoch_grid(workdir: str, epoch: int, image: np.ndarray) -> str:
-  path = os.path.join(workdir, f"image_at_epoch_{epoch:04d}.png")
-  iio.imwrite(path, image)
+  path = epoch_grid_path(workdir, epoch)
+  with writing(path):
+    iio.imwrite(path, image)
   return path
 
 
@@ -50,7 +57,8 @@ def save_gif(workdir: str) -> str | None:
   if not paths:
     return None
   out = os.path.join(workdir, "training.gif")
-  iio.imwrite(out, np.stack([iio.imread(p) for p in paths]), duration=200, loop=0)
+  with writing(out):
+    iio.imwrite(out, np.stack([iio.imread(p) for p in paths]), duration=200, loop=0)
   return out
 
 
@@ -69,7 +77,8 @@ def save_curves(workdir: str, rows: list[dict]) -> str:
   ax.grid(alpha=0.3)
   out = os.path.join(workdir, "curves.png")
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  with writing(out):
+    fig.savefig(out, dpi=100)
   plt.close(fig)
   return out
 
@@ -96,6 +105,7 @@ def save_manifold(workdir: str, decoded: np.ndarray, n: int = 20) -> str:
   ax.set_title("decoded p(x|z) over the 2-D latent space")
   out = os.path.join(workdir, "latent_manifold.png")
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  with writing(out):
+    fig.savefig(out, dpi=100)
   plt.close(fig)
   return out

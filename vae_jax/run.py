@@ -1,6 +1,6 @@
 """`train_and_evaluate(config, workdir)`: the whole run, its workdir, metrics, pictures and resume."""
 
-import dataclasses
+import contextlib
 import functools
 import json
 import os
@@ -13,12 +13,13 @@ from flax import nnx
 from tqdm import tqdm
 
 from vae_jax import data as data_lib
-from vae_jax import parallel, pictures, train
+from vae_jax import interrupts, parallel, pictures, tensorboard, train
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoints import Checkpoints
 from vae_jax.config import Config
 from vae_jax.errors import UserError
+from vae_jax.workdir import CONFIG_FILE, METRICS_FILE
 
-CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
 # Settings a resumed run may change: results depend on neither the placement nor the device count.
 RESUMABLE_CHANGES = ("epochs", "parallel", "devices", "micro_batches")
 
@@ -33,31 +34,35 @@ def _is_main() -> bool:
 
 def _log(message: str) -> None:
   if _is_main():
-    tqdm.write(message, file=sys.stdout)
+    try:
+      tqdm.write(message, file=sys.stdout)
+    except OSError as e:
+      raise UserError(f"cannot write to standard output: {workdir_lib.reason(e)}") from None
+
+
+def _kept(epoch: int) -> str:
+  """What a run stopped during `epoch` leaves to resume from."""
+  if epoch > 1:
+    return f"the checkpoint of epoch {epoch - 1} is kept"
+  return "no epoch had finished, so there is no checkpoint"
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The run's rows of metrics.jsonl (epochs 1..N); a torn last line is dropped with a warning."""
+  return workdir_lib.read_rows(os.path.join(workdir, METRICS_FILE))
 
 
 def _prepare_workdir(config: Config, workdir: str, resume: bool) -> None:
   """Refuses to overwrite an earlier run; on resume, insists on the same settings."""
-  config_path = os.path.join(workdir, CONFIG_FILE)
   if not resume:
-    if os.path.isdir(workdir) and os.listdir(workdir):
+    if os.path.isdir(workdir) and set(os.listdir(workdir)) - {workdir_lib.LOCK_FILE}:
       raise UserError(f"workdir {workdir} is not empty; pass --resume to continue its run "
                       "or choose a new --workdir")
     return
-  if not os.path.exists(config_path):
+  saved = workdir_lib.read_config(workdir)
+  if saved is None:
     raise UserError(f"--resume: {workdir} holds no run ({CONFIG_FILE} not found)")
-  with open(config_path) as f:
-    saved = json.load(f)
-  differ = [k for k, v in dataclasses.asdict(config).items()
-            if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+  differ = [k for k in workdir_lib.settings_differ(config, saved) if k not in RESUMABLE_CHANGES]
   if differ:
     changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in differ)
     raise UserError(f"--resume: settings differ from the run in {workdir} ({changes})")
@@ -140,8 +145,8 @@ class _Run:
       bad = np.flatnonzero(~np.isfinite(np.atleast_1d(losses)))
       if bad.size:
         step = first_step + start + int(bad[0]) + 1
-        raise TrainingDiverged(f"non-finite loss at step {step} (epoch {epoch}); stopped, the "
-                               f"last good checkpoint (epoch {epoch - 1}) is kept")
+        raise TrainingDiverged(f"non-finite loss at step {step} (epoch {epoch}); stopped, "
+                               f"{_kept(epoch)}")
       for k in totals:
         totals[k] += float(sums[k])
       bar.update(size)
@@ -151,6 +156,9 @@ class _Run:
     start_time = time.perf_counter()
     compile_before = self.steps.compile_seconds
     for start in range(0, self.steps_per_epoch):
+      if interrupts.requested():
+        bar.close()
+        interrupts.check(epoch)
       if start < full:
         if start % length:
           continue
@@ -183,8 +191,16 @@ class _Run:
 
 
 def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> list[dict]:
-  """Trains config.epochs epochs, writing metrics, pictures and checkpoints to `workdir`."""
+  """Trains config.epochs epochs, writing metrics, pictures and checkpoints to `workdir`.
+
+  The workdir is locked for the run (by the main process); a second run on it is refused.
+  """
   config.validate()
+  with workdir_lib.locked(workdir) if _is_main() else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir, resume)
+
+
+def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict]:
   _prepare_workdir(config, workdir, resume)
   earlier_rows = read_metrics(workdir)
   parallel.sync_processes("workdir read")  # by every process before any process writes to it
@@ -192,27 +208,28 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
   if len(dataset.test_images) == 0:
     raise UserError(f"{dataset.name} has no test images")
   run = _Run(config, workdir, dataset)
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.create(workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
   start_epoch = 0
-  if resume:
-    start_epoch = checkpoints.latest_epoch() or 0
-    if start_epoch:
-      host = checkpoints.restore(start_epoch, run.strategy.host_state(run.state),
-                                 run.strategy.replicated)
+  if resume:  # the newest checkpoint that restores and has its epoch's metrics row
+    start_epoch, host = checkpoints.restore_newest(
+        run.strategy.host_state(run.state), run.strategy.replicated,
+        at_most=len(earlier_rows), remove_newer=True)
+    if host is not None:
       run.state = run.strategy.put_state(host)
   elif _is_main():
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      json.dump(dataclasses.asdict(config), f, indent=2)
+    workdir_lib.write_config(workdir, config)
   rows = [r for r in earlier_rows if r["epoch"] <= start_epoch]
+  metrics_path = os.path.join(workdir, METRICS_FILE)
   if _is_main():  # epochs after the last checkpoint are redone, identically, so drop their rows
-    with open(os.path.join(workdir, METRICS_FILE), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
+    workdir_lib.write_rows(metrics_path, rows)
+  events = tensorboard.EpochWriter(workdir, start_epoch + 1) if _is_main() else None
   _log(f"data {dataset.name}: {len(run.train_x)} train / {len(run.test_x)} test images; "
        f"{run.strategy.kind} on {run.strategy.num_devices} {jax.devices()[0].platform} device(s), "
        f"{jax.process_count()} process(es); epochs {start_epoch + 1}..{config.epochs}")
   try:
     for epoch in range(start_epoch + 1, config.epochs + 1):
+      interrupts.check(epoch)
       epoch_start = time.perf_counter()
       row, train_seconds = run.train_epoch(epoch)
       eval_start = time.perf_counter()
@@ -220,20 +237,22 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
       row.update(epoch=epoch, step=epoch * run.steps_per_epoch,
                  train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
       if not np.isfinite(row["test_elbo"]):
-        raise TrainingDiverged(f"non-finite test ELBO after epoch {epoch}; stopped, the last good "
-                               f"checkpoint (epoch {epoch - 1}) is kept")
+        raise TrainingDiverged(f"non-finite test ELBO after epoch {epoch}; stopped, "
+                               f"{_kept(epoch)}")
       run.save_pictures(epoch)
       checkpoints.save(epoch, run.strategy.host_state(run.state))
       row["seconds"] = time.perf_counter() - epoch_start
       rows.append(row)
       if _is_main():
-        with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-          f.write(json.dumps(row) + "\n")
+        workdir_lib.append_line(metrics_path, json.dumps(row))
+        events.write(row, pictures.epoch_grid_path(workdir, epoch))
       _log(f"epoch {epoch:4d}  train loss {row['train_loss']:9.3f}  test ELBO "
            f"{row['test_elbo']:9.3f}  {row['images_per_sec']:9.0f} images/s  "
            f"{row['seconds']:6.1f} s")
   finally:
     checkpoints.close()
+    if events is not None:
+      events.close()
   if rows:
     run.save_final_pictures(rows)
   return rows
@@ -241,18 +260,14 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
 
 def restore_model(workdir: str) -> tuple[Config, int, nnx.Module]:
   """(config, epoch, model) of the newest checkpoint in a run's workdir, on the default device."""
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise UserError(f"{workdir} holds no run ({CONFIG_FILE} not found)")
-  with open(config_path) as f:
-    config = Config(**json.load(f))
+  config = workdir_lib.load_config(workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
   try:
-    epoch = checkpoints.latest_epoch()
-    if epoch is None:
-      raise UserError(f"{workdir} has no checkpoint")
     graphdef, like = train.init_state(config)
-    state = checkpoints.restore(epoch, like, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    epoch, state = checkpoints.restore_newest(
+        like, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    if state is None:
+      raise UserError(f"{workdir} has no checkpoint")
   finally:
     checkpoints.close()
   return config, epoch, nnx.merge(graphdef, state.params)
