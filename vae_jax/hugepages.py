@@ -5,7 +5,8 @@ Each call of a compiled XLA:CPU program mallocs its temporaries (88 MB for the m
 the call ends. Every call then faults those pages in one 4 KiB page at a time and the kernel
 zeroes each of them. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, glibc asks for transparent
 huge pages (2 MiB) on such blocks. The main job's training step then ran 1.07x as fast on the
-2-core development machine (median of 5 alternating rounds; benchmarks/results/cpu_hugepages_2026-11-26_00b882e/).
+2-core development machine (median of 5 alternating rounds;
+benchmarks/results/cpu_hugepages_2026-11-26_00b882e/).
 
 glibc reads GLIBC_TUNABLES only when a process starts. So the entry points call `relaunch()`
 first: it re-executes the same command once with the tunable added. Opt out with

@@ -259,7 +259,7 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
 
 
 def restore_model(workdir: str) -> tuple[Config, int, nnx.Module]:
-  """(config, epoch, model) of the newest checkpoint in a run's workdir, on the default device."""
+  """(config, epoch, model) of a run's newest checkpoint that restores, on the default device."""
   config = workdir_lib.load_config(workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
   try:

@@ -20,7 +20,7 @@ _GROUPS = ("train", "test")
 
 
 def tag(key: str) -> str:
-  """'train_loss' -> 'train/loss', 'test_elbo' -> 'test/elbo', 'images_per_sec' -> 'run/images_per_sec'."""
+  """'train_loss' -> 'train/loss', 'test_elbo' -> 'test/elbo', others under 'run/'."""
   group, _, name = key.partition("_")
   return f"{group}/{name}" if group in _GROUPS and name else f"run/{key}"
 

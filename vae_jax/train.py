@@ -99,8 +99,8 @@ def micro_batches(config: Config, batch: int) -> int:
   """How many parts the step splits the batch it traces into; their loss sums add up to the batch's.
 
   config.micro_batches, else 2 on a single CPU device (when the batch splits evenly), else 1. On
-  XLA:CPU two half-batch graphs run faster than one (1.09x, benchmarks/results/cpu_micro_batches_2026-11-26_db23437/):
-  their activations are half the size. (Under pmap the traced batch is a device's share; under
+  XLA:CPU two half-batch graphs run faster than one (1.09x,
+  benchmarks/results/cpu_micro_batches_2026-11-26_db23437/): their activations are half the size. (Under pmap the traced batch is a device's share; under
   sharded jit, the global one.)
   """
   single_cpu = jax.default_backend() == "cpu" and (config.devices or jax.device_count()) == 1
