@@ -7,8 +7,8 @@ concurrently where they are independent.
 """
 
 import contextlib
+import dataclasses
 import errno
-import json
 import os
 import shutil
 import signal
@@ -297,3 +297,14 @@ def test_torn_and_damaged_files_are_told_apart(tmp_path):
     f.write(good + good)  # two runs' rows interleaved
   with pytest.raises(workdir.UserError, match=r"rows are epochs \[1, 2, 1, 2\], not 1..4"):
     workdir.read_rows(path)
+
+
+def test_divergence_in_the_first_epoch_says_no_checkpoint_is_kept(idx_dir, tmp_path):
+  from vae_jax import config, run  # pylint: disable=import-outside-toplevel
+  # Adam's first step moves every parameter by about the learning rate: the second step overflows.
+  cfg = dataclasses.replace(config.tiny(), data=f"idx:{idx_dir}", learning_rate=1e30, epochs=1)
+  path = str(tmp_path / "w")
+  with pytest.raises(run.TrainingDiverged,
+                     match=r"\(epoch 1\); stopped, no epoch had finished, so there is no checkpoint"):
+    run.train_and_evaluate(cfg, path)
+  assert run.read_metrics(path) == [] and os.listdir(os.path.join(path, "checkpoints")) == []
