@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-call GPU check: tests on the GPU, the full tutorial run, and a throughput sweep.
+# The one-call GPU check: tests on the GPU, the full tutorial run, its likelihood, and throughput.
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]      (OUTDIR defaults to $OUT, else benchmarks/results/gpu)
 #   RUN_ARGS="--dtype bfloat16" TRAIN_TESTS=0 bash benchmarks/gpu_check.sh   (a bf16 tutorial run)
@@ -7,7 +7,8 @@
 # Needs jax, flax, optax, orbax, matplotlib, imageio, tqdm; wheels in .whl/ (e.g. mlxtend) are
 # installed to /tmp/site first, and the canonical MNIST IDX files are read from ${DATA:-data/mnist}.
 # No TensorFlow is needed: parity runs against the stored TF numbers (tests/test_golden_parity.py).
-# Writes OUTDIR/gpu_check.log, OUTDIR/sweep.jsonl and OUTDIR/tutorial_run.tar.gz (no checkpoints).
+# Writes OUTDIR/gpu_check.log, OUTDIR/sweep.jsonl, OUTDIR/tutorial_run.tar.gz (no checkpoints),
+# OUTDIR/evaluation.json (the tutorial run's likelihood) and OUTDIR/decoder_throughput.json.
 set -uo pipefail
 out=${1:-${OUT:-benchmarks/results/gpu}}
 data=${DATA:-data/mnist}
@@ -42,6 +43,17 @@ rm -rf /tmp/tutorial_run
 timeout 240 python3 -m experiments.mnist_vae --data "idx:$data" --epochs "$epochs" \
   --workdir /tmp/tutorial_run $run_args
 tar czf "$out/tutorial_run.tar.gz" -C /tmp/tutorial_run --exclude checkpoints .
+
+# Here, while the run's checkpoints exist: the tarball leaves them out. 10,000 images x 5,000
+# samples is 5e7 decoder passes of ~9.8 MFLOP each (XLA's count), ~0.5 PFLOP.
+section "likelihood of the tutorial run: k=5000 importance samples, the whole test set"
+timeout 300 python3 -m experiments.evaluate --workdir /tmp/tutorial_run --iw-samples 5000 \
+  --chunk 500 --batch 20
+cp /tmp/tutorial_run/evaluation*.json "$out/"
+
+section "decoder throughput (latent samples/s, forward only)"
+timeout 90 python3 -m benchmarks.decoder_throughput --chunks 1000 10000 --reps 20 \
+  --out "$out/decoder_throughput.json"
 
 section "throughput sweep"
 timeout 150 python3 -m benchmarks.gpu_sweep --out "$out/sweep.jsonl" ${SWEEP_ARGS:-}

@@ -1,0 +1,191 @@
+"""`evaluate_run(workdir, settings)`: a trained run's test-set likelihood, written to its workdir.
+
+The newest checkpoint of the run is evaluated on the first `test_size` images of its test set,
+binarized as the run was trained. The report goes to `evaluation.json`; an earlier report is never
+overwritten silently: a report with other settings (k, test size, seed, data, binarization,
+checkpoint epoch) goes to `evaluation_k{K}_n{N}_s{S}.json` instead, and a report whose file
+already exists is refused unless `force` is set.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import flax
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from vae_jax import data as data_lib
+from vae_jax import likelihood, run
+from vae_jax.errors import UserError
+
+REPORT_FILE = "evaluation.json"
+# The settings a report's numbers depend on; chunk and batch change only the rounding.
+IDENTITY = ("iw_samples", "test_size", "seed", "data", "binarize", "checkpoint_epoch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What to evaluate and how; None means the run's own choice (data) or everything (test_size)."""
+  iw_samples: int = 5000       # k: importance samples per image
+  test_size: int | None = None  # the first N test images (None: all)
+  seed: int = 0                # fixes every sample: the same seed gives the same numbers
+  chunk: int = 500             # latent samples per image in one decoder call
+  batch: int = 0               # images per call; 0: 1 on CPU, 20 on accelerators
+  data: str | None = None      # --data spelling; None: the run's config.data
+
+  def validate(self) -> None:
+    for name, low in (("iw_samples", 1), ("chunk", 1), ("batch", 0), ("test_size", 1)):
+      value = getattr(self, name)
+      if value is not None and value < low:
+        raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def default_batch(backend: str) -> int:
+  return 1 if backend == "cpu" else 20
+
+
+def binarized_test_images(images_u8: np.ndarray, method: str) -> np.ndarray:
+  """The run's fixed binarized test set (uint8 {0, 1})."""
+  if hasattr(data_lib, "binarized_test"):
+    return data_lib.binarized_test(images_u8, method)
+  if method != "threshold":
+    raise UserError(f"binarization {method!r} needs vae_jax.data.binarized_test, which this "
+                    "version of vae_jax lacks")
+  return data_lib.binarize(images_u8)
+
+
+def report_path(workdir: str, settings: dict, force: bool) -> str:
+  """Where this evaluation's report goes; refuses to replace an existing one unless `force`."""
+  path = os.path.join(workdir, REPORT_FILE)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        earlier = json.load(f).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+      earlier = None
+    if earlier is None or any(earlier.get(key) != settings[key] for key in IDENTITY):
+      path = os.path.join(workdir, "evaluation_k{iw_samples}_n{test_size}_s{seed}.json".format(
+          **settings))
+  if os.path.exists(path) and not force:
+    raise UserError(f"{path} exists (an evaluation with these settings); pass --force to "
+                    "replace it")
+  return path
+
+
+def _write(path: str, report: dict, force: bool) -> None:
+  text = json.dumps(report, indent=2) + "\n"
+  if force:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+    return
+  try:
+    with open(path, "x") as f:
+      f.write(text)
+  except FileExistsError:
+    raise UserError(f"{path} appeared during the evaluation; pass --force to replace it") from None
+
+
+def _per_image_terms(model, x_u8: np.ndarray, settings: Settings, batch: int, stochastic: bool):
+  """Every image's terms (see likelihood.evaluate_batch), with a progress bar; and the timing."""
+  graphdef, state = nnx.split(model)
+  key = jax.random.key(settings.seed)
+  n = len(x_u8)
+  statics = dict(stochastic=stochastic, k=settings.iw_samples, chunk=settings.chunk)
+
+  def inputs(start):
+    index = np.minimum(np.arange(start, start + batch), n - 1)  # the last batch repeats image n-1
+    return x_u8[index].astype(np.float32), index.astype(np.int32)
+
+  start_compile = time.perf_counter()
+  compiled = likelihood.evaluate_batch.lower(graphdef, state, *inputs(0), key, **statics).compile()
+  compile_seconds = time.perf_counter() - start_compile
+  parts, pending = [], []
+
+  def consume(bar):
+    start, out = pending.pop(0)
+    out = jax.device_get(out)
+    size = min(batch, n - start)
+    parts.append({name: value[:size] for name, value in out.items()})
+    bar.update(size)
+
+  start_time = time.perf_counter()
+  with tqdm(total=n, unit="image", desc="evaluate", file=sys.stderr, dynamic_ncols=True) as bar:
+    for start in range(0, n, batch):
+      pending.append((start, compiled(state, *inputs(start), key)))
+      if len(pending) > 1:  # read one call behind, so the device does not wait for the host
+        consume(bar)
+    while pending:
+      consume(bar)
+  seconds = time.perf_counter() - start_time
+  terms = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+  return terms, compile_seconds, seconds
+
+
+def _check_finite(terms: dict) -> None:
+  for name in ("log_px", "rec"):
+    if name in terms:
+      bad = np.flatnonzero(~np.isfinite(terms[name]))
+      if bad.size:
+        raise UserError(f"non-finite {name} for test image {int(bad[0])} "
+                        f"({bad.size} images in all)")
+
+
+def evaluate_run(workdir: str, settings: Settings, force: bool = False) -> tuple[str, dict]:
+  """Evaluates the run in `workdir` and writes its report; returns (report path, report)."""
+  settings.validate()
+  config, epoch, model = run.restore_model(workdir)
+  spec = settings.data or config.data
+  dataset = data_lib.load(spec)
+  method = getattr(config, "binarize", "threshold")
+  test_x = binarized_test_images(dataset.test_images, method)
+  n = len(test_x) if settings.test_size is None else settings.test_size
+  if n > len(test_x):
+    raise UserError(f"--test-size {n} is larger than the {len(test_x)} test images of "
+                    f"{dataset.name}")
+  test_x = test_x[:n]
+  backend = jax.default_backend()
+  batch = min(settings.batch or default_batch(backend), n)
+  identity = {"iw_samples": settings.iw_samples, "test_size": n, "seed": settings.seed,
+              "data": spec, "binarize": method, "checkpoint_epoch": epoch}
+  path = report_path(workdir, identity, force)
+  stochastic = likelihood.is_stochastic(model, test_x[:1].astype(np.float32))
+  terms, compile_seconds, seconds = _per_image_terms(model, test_x, settings, batch, stochastic)
+  _check_finite(terms)
+  pixels = math.prod(test_x.shape[1:])
+  results = likelihood.summarize(terms, pixels, settings.iw_samples)
+  timing = {"compile_seconds": compile_seconds, "seconds": seconds, "images_per_sec": n / seconds}
+  if stochastic:
+    timing["latent_samples_per_sec"] = n * settings.iw_samples / seconds
+  device = jax.devices()[0]
+  report = {
+      "settings": {**identity, "model": getattr(config, "model", "cvae"),
+                   "stochastic": stochastic, "chunk": min(settings.chunk, settings.iw_samples),
+                   "batch": batch, "pixels": pixels},
+      "results": results,
+      "timing": timing,
+      "versions": {"jax": jax.__version__, "flax": flax.__version__, "backend": backend,
+                   "device": getattr(device, "device_kind", str(device))},
+  }
+  _write(path, report, force)
+  return path, report
+
+
+def summary_line(report: dict) -> str:
+  """One line of the report's headline numbers."""
+  r, s, t = report["results"], report["settings"], report["timing"]
+  where = f"{s['test_size']} test images, {t['seconds']:.1f} s"
+  if "nll" not in r:
+    return (f"{r['note']}: reconstruction {r['rec']:.2f} nats/image, pixel error "
+            f"{100 * r['pixel_error_rate']:.2f}% ({where})")
+  return (f"NLL {r['nll']:.2f} ± {r['nll_se']:.2f} nats ({r['nll_bits_per_dim']:.4f} bits/dim, "
+          f"k={s['iw_samples']})  -ELBO {r['neg_elbo']:.2f}  KL {r['kl']:.2f}  rec {r['rec']:.2f}  "
+          f"active units {r['active_units']}/{r['latent_dim']}  pixel error "
+          f"{100 * r['pixel_error_rate']:.2f}%  ({where})")

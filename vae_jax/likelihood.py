@@ -1,0 +1,200 @@
+"""Importance-sampled log-likelihood of a trained VAE, its ELBO terms, and autoencoder reconstruction.
+
+    log p(x) ~= log (1/k) sum_j p(x|z_j) p(z_j) / q(z_j|x),   z_j ~ q(z|x)   (Burda et al., 2016)
+
+The estimate is a lower bound in expectation that tightens as k grows (k = 1 is the one-sample
+ELBO). The encoder runs once per image; the k samples go through the decoder in chunks (one
+`lax.map` step each), so memory is bounded by the chunk and the function compiles once. Sample j
+of test image i has noise from fold_in(fold_in(key, i), j): it depends on neither the chunk size,
+the number of images per call, nor how many images are evaluated. log p(x|z) is the sigmoid
+cross-entropy of the decoder's logits in float32 (never of clamped probabilities), and the
+log-mean-exp is taken in float32.
+
+Models follow the project's interface: `encode(x) -> (mean, logvar)` (VAEs) or `(z, None)`
+(deterministic autoencoders, `stochastic = False`), `decode(z) -> Bernoulli logits`.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from vae_jax import losses
+from vae_jax.models import reparameterize_with_eps
+
+_LOG2PI = math.log(2.0 * math.pi)
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[z_u]) > 0.01
+NO_LIKELIHOOD = "no likelihood: deterministic autoencoder"
+
+
+def sample_noise(key, index_B, sample_index_S, latent_dim: int):
+  """(B, S, latent_dim) eps ~ N(0, I): image index_B[b], sample j from fold_in(fold_in(key, b), j)."""
+  def one_image(i):
+    image_key = jax.random.fold_in(key, i)
+    return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(image_key, j), (latent_dim,)))(
+        sample_index_S)
+  return jax.vmap(one_image)(index_B)
+
+
+def _bernoulli_log_prob(x_logits_BxSxD, x_Bx1xD):
+  """log p(x|z) summed over pixels, from logits: -sum sigmoid cross-entropy, float32."""
+  cross_ent = optax.sigmoid_binary_cross_entropy(x_logits_BxSxD.astype(jnp.float32),
+                                                 jnp.broadcast_to(x_Bx1xD, x_logits_BxSxD.shape))
+  return -jnp.sum(cross_ent, axis=-1)
+
+
+def _flat(x):
+  return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def _default_index(x, index_B):
+  return jnp.arange(x.shape[0]) if index_B is None else jnp.asarray(index_B)
+
+
+def _sample_terms(graphdef, state, x, index_B, key, k: int, chunk: int):
+  """(mean, logvar, log_w (B, k), log p(x|z) (B, k)) for the k samples of each image."""
+  model = nnx.merge(graphdef, state)
+  mean, logvar = (a.astype(jnp.float32) for a in model.encode(x))
+  x_Bx1xD = _flat(x)[:, None, :]
+  chunk = min(chunk, k)
+  num_chunks = -(-k // chunk)
+  batch, latent_dim = mean.shape
+
+  def one_chunk(c):
+    eps = sample_noise(key, index_B, c * chunk + jnp.arange(chunk), latent_dim)  # (B, S, L)
+    z = reparameterize_with_eps(eps, mean[:, None], logvar[:, None])
+    x_logits = model.decode(z.reshape(batch * chunk, latent_dim))
+    log_px_z = _bernoulli_log_prob(x_logits.reshape(batch, chunk, -1), x_Bx1xD)
+    log_pz = jnp.sum(-0.5 * (jnp.square(z) + _LOG2PI), axis=-1)
+    # log q(z|x) from the noise itself: (z - mean)^2 / var = eps^2 exactly.
+    log_qz = jnp.sum(-0.5 * (jnp.square(eps) + logvar[:, None] + _LOG2PI), axis=-1)
+    return log_px_z + log_pz - log_qz, log_px_z
+
+  log_w, log_px_z = jax.lax.map(one_chunk, jnp.arange(num_chunks))  # (C, B, S) each
+  def samples_last(a):
+    return a.transpose(1, 0, 2).reshape(batch, num_chunks * chunk)[:, :k]
+  return mean, logvar, samples_last(log_w), samples_last(log_px_z)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k", "chunk"))
+def _log_weights(graphdef, state, x, index_B, key, k, chunk):
+  return _sample_terms(graphdef, state, x, index_B, key, k, chunk)[2]
+
+
+def log_importance_weights(model, x, key, k: int, chunk: int, index_B=None):
+  """(B, k) log w_ij = log p(x_i|z_ij) + log p(z_ij) - log q(z_ij|x_i), z_ij ~ q(z|x_i).
+
+  index_B: each image's index in its data set, which fixes its noise (default 0..B-1).
+  """
+  graphdef, state = nnx.split(model)
+  return _log_weights(graphdef, state, x, _default_index(x, index_B), key, k, chunk)
+
+
+def log_mean_exp(log_w, axis=-1):
+  """log (1/k) sum_j exp(log_w_j) over `axis`, in float32."""
+  log_w = log_w.astype(jnp.float32)
+  return jax.nn.logsumexp(log_w, axis=axis) - jnp.log(jnp.float32(log_w.shape[axis]))
+
+
+def iwae_log_likelihood(model, x, key, k: int, chunk: int, index_B=None):
+  """(B,) importance-sampled estimate of log p(x_i) with k samples from q(z|x_i)."""
+  return log_mean_exp(log_importance_weights(model, x, key, k, chunk, index_B))
+
+
+def prefix_sizes(k: int) -> tuple[int, ...]:
+  """1, 10, 100, ... below k, then k: the sample counts whose estimates the evaluation reports."""
+  return tuple(sorted({10 ** p for p in range(len(str(k))) if 10 ** p < k} | {k}))
+
+
+def _evaluate_vae(graphdef, state, x, index_B, key, k, chunk):
+  is_key, elbo_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+  mean, logvar, log_w, log_px_z = _sample_terms(graphdef, state, x, index_B, is_key, k, chunk)
+  model = nnx.merge(graphdef, state)
+  # The seed's one-sample Monte Carlo ELBO, with noise of its own.
+  eps = sample_noise(elbo_key, index_B, jnp.zeros(1, jnp.int32), mean.shape[1])[:, 0]
+  z = reparameterize_with_eps(eps, mean, logvar)
+  mc = losses.negative_elbo_terms(model.decode(z), x, z, mean, logvar, kl="mc")
+  weights = jax.nn.softmax(log_w, axis=-1)
+  mean_logits = _flat(model.decode(mean))
+  return {
+      "log_px": log_mean_exp(log_w),
+      "log_px_by_k": jnp.stack([log_mean_exp(log_w[:, :n]) for n in prefix_sizes(k)], axis=-1),
+      "rec": -jnp.mean(log_px_z, axis=-1),
+      "neg_elbo_same_samples": -jnp.mean(log_w, axis=-1),
+      "kl": losses.kl_analytic(mean, logvar),
+      "neg_elbo_mc1": mc["loss"],
+      "ess": 1.0 / jnp.sum(jnp.square(weights), axis=-1),
+      "pixel_errors": jnp.sum((mean_logits > 0) != (_flat(x) > 0.5), axis=-1),
+      "mean": mean,
+  }
+
+
+def _evaluate_autoencoder(graphdef, state, x):
+  model = nnx.merge(graphdef, state)
+  z, _ = model.encode(x)
+  x_logits = _flat(model.decode(z))
+  x_flat = _flat(x)
+  return {
+      "rec": jnp.sum(optax.sigmoid_binary_cross_entropy(x_logits, x_flat), axis=-1),
+      "pixel_errors": jnp.sum((x_logits > 0) != (x_flat > 0.5), axis=-1),
+  }
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "stochastic", "k", "chunk"))
+def evaluate_batch(graphdef, state, x, index_B, key, *, stochastic: bool, k: int, chunk: int):
+  """Per-image terms of one batch (see `summarize`); an autoencoder's are reconstruction only."""
+  if stochastic:
+    return _evaluate_vae(graphdef, state, x, index_B, key, k, chunk)
+  return _evaluate_autoencoder(graphdef, state, x)
+
+
+def is_stochastic(model, x) -> bool:
+  """True for a VAE: `model.stochastic` (default True) and its encoder returns a logvar."""
+  if not getattr(model, "stochastic", True):
+    return False
+  graphdef, state = nnx.split(model)
+  _, logvar = jax.eval_shape(lambda s: nnx.merge(graphdef, s).encode(x[:1]), state)
+  return logvar is not None
+
+
+def active_units(mean_NxL, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+  """Latent dimensions u whose posterior mean varies over the images: Var_x(E_q[z_u]) > threshold."""
+  return int(np.sum(np.var(np.asarray(mean_NxL, np.float64), axis=0) > threshold))
+
+
+def summarize(terms: dict, pixels: int, k: int) -> dict:
+  """Means over the test images of the per-image terms (concatenated batches of `evaluate_batch`).
+
+  nll: -log p(x) in nats per image, with its standard error std/sqrt(N) (sample std over images),
+  and in bits/dim (nats / (pixels ln 2)); neg_elbo: reconstruction (E_q[-log p(x|z)] over the same
+  k samples) plus the analytic KL; neg_elbo_same_samples: -mean_j log w_j, which is >= nll image
+  by image (Jensen's inequality on the same samples); neg_elbo_mc1: the one-sample Monte Carlo
+  -ELBO as in training (its own noise). Autoencoders: reconstruction terms only.
+  """
+  def mean(name):
+    return float(np.mean(np.asarray(terms[name], np.float64)))
+
+  n = len(terms["rec"])
+  out = {"test_images": n, "pixel_error_rate": mean("pixel_errors") / pixels}
+  if "log_px" not in terms:
+    return {**out, "note": NO_LIKELIHOOD, "rec": mean("rec")}
+  nll = -np.asarray(terms["log_px"], np.float64)
+  nll_se = float(np.std(nll, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+  to_bits = 1.0 / (pixels * math.log(2.0))
+  by_k = -np.mean(np.asarray(terms["log_px_by_k"], np.float64), axis=0)
+  return {
+      **out,
+      "nll": float(np.mean(nll)), "nll_se": nll_se,
+      "nll_bits_per_dim": float(np.mean(nll)) * to_bits, "nll_bits_per_dim_se": nll_se * to_bits,
+      "neg_elbo": mean("rec") + mean("kl"),
+      "neg_elbo_same_samples": mean("neg_elbo_same_samples"),
+      "neg_elbo_mc1": mean("neg_elbo_mc1"),
+      "kl": mean("kl"), "rec": mean("rec"),
+      "active_units": active_units(terms["mean"]), "latent_dim": int(np.shape(terms["mean"])[1]),
+      "ess_mean": mean("ess"),
+      "nll_by_k": {str(s): float(v) for s, v in zip(prefix_sizes(k), by_k)},
+  }
