@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
-from vae_jax import latent, losses, sample_quality, study_pictures
+from vae_jax import latent, losses, run, sample_quality, study_pictures
+from vae_jax import models as models_lib
 from vae_jax.batched import map_batches
 from vae_jax.checkpoints import Checkpoints
 from vae_jax.config import Config, get_config
@@ -167,7 +168,6 @@ def probe_models(study: StudyConfig) -> dict[str, bool]:
   Builds each (model, objective) pair of the study once at latent size 2, so a missing model or
   objective fails here, before any training, with a message naming it.
   """
-  from vae_jax import models as models_lib  # pylint: disable=import-outside-toplevel
   create = getattr(models_lib, "create_model", None)
   names = list(dict.fromkeys((*study.models, study.loss_model, *study.denoise_models)))
   stochastic = {}
@@ -205,7 +205,6 @@ def _latest_checkpoint(workdir: str) -> int | None:
 def run_status(workdir: str, config) -> str:
   """'new' (nothing there), 'complete' (config matches, `epochs` metric rows and that checkpoint)
   or 'resume' (same settings, fewer epochs done); a workdir of other settings is a UserError."""
-  from vae_jax import run  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(workdir) or not os.listdir(workdir):
     return "new"
   config_path = os.path.join(workdir, run.CONFIG_FILE)
@@ -233,7 +232,6 @@ def run_status(workdir: str, config) -> str:
 
 def ensure_run(config, workdir: str) -> str:
   """Trains the run in `workdir` unless it is complete; returns 'reused', 'resumed' or 'trained'."""
-  from vae_jax import run  # pylint: disable=import-outside-toplevel
   status = run_status(workdir, config)
   if status == "complete":
     return "reused"
@@ -243,7 +241,6 @@ def ensure_run(config, workdir: str) -> str:
 
 def run_timing(workdir: str) -> dict:
   """Seconds and median training images/s of a run, from its metrics.jsonl."""
-  from vae_jax import run  # pylint: disable=import-outside-toplevel
   rows = run.read_metrics(workdir)
   speeds = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
   return {"seconds": float(sum(r.get("seconds", 0.0) for r in rows)),
@@ -253,56 +250,73 @@ def run_timing(workdir: str) -> dict:
 
 # ---------------------------------------------------------------- measurements of one model
 
-def _jitted(model, fn):
-  """fn(model, *args) jitted over the model's state: one compiled function per model."""
-  graphdef, state = nnx.split(model)
-  compiled = jax.jit(lambda state_, *args: fn(nnx.merge(graphdef, state_), *args))
-  return lambda *args: compiled(state, *args)
-
-
 def _code(model, x):
   """The code of x: the posterior mean for a VAE, z for a plain AE; and logvar (None for an AE)."""
   code, logvar = model.encode(x.astype(jnp.float32))
   return code, logvar
 
 
+def _probs(model, z):
+  return jax.nn.sigmoid(model.decode(z).astype(jnp.float32))
+
+
+def _per_example(model, x):
+  """BCE (nats), wrong pixels, analytic KL (0 for an AE) and the code of each {0,1} image."""
+  code, logvar = _code(model, x)
+  logits = model.decode(code).astype(jnp.float32)
+  target = x.astype(jnp.float32)
+  bce = -losses.bernoulli_log_likelihood(logits, target)
+  wrong = jnp.sum(((logits > 0).astype(jnp.float32) != target).reshape(x.shape[0], -1), axis=-1)
+  kl = (losses.kl_analytic(code.astype(jnp.float32), logvar.astype(jnp.float32))
+        if logvar is not None else jnp.zeros(x.shape[0]))
+  return bce, wrong, kl, code
+
+
+class Jitted:
+  """A model's measuring functions, each jitted once over its state (pass it for the model)."""
+
+  def __init__(self, model):
+    self.model = model
+    graphdef, state = nnx.split(model)
+
+    def jit(fn):
+      compiled = jax.jit(lambda state_, *args: fn(nnx.merge(graphdef, state_), *args))
+      return lambda *args: compiled(state, *args)
+
+    self.code = jit(lambda m, x: _code(m, x)[0])
+    self.probs = jit(_probs)
+    self.reconstruct = jit(lambda m, x: _probs(m, _code(m, x)[0]))
+    self.per_example = jit(_per_example)
+
+
+def jitted(model) -> Jitted:
+  return model if isinstance(model, Jitted) else Jitted(model)
+
+
 def encode_codes(model, x_u8, batch_size: int = 500) -> np.ndarray:
   """(N, latent_dim) codes (posterior means for VAEs) of binarized images."""
-  fn = _jitted(model, lambda m, x: _code(m, x)[0])
-  return map_batches(fn, np.asarray(x_u8), batch_size=batch_size)
+  return map_batches(jitted(model).code, np.asarray(x_u8), batch_size=batch_size)
 
 
 def decode_probs(model, z, batch_size: int = 500) -> np.ndarray:
   """(N, 28, 28, 1) decoder probabilities of (N, latent_dim) codes."""
-  fn = _jitted(model, lambda m, z_: jax.nn.sigmoid(m.decode(z_).astype(jnp.float32)))
-  return map_batches(fn, np.asarray(z, np.float32), batch_size=batch_size)
+  return map_batches(jitted(model).probs, np.asarray(z, np.float32), batch_size=batch_size)
 
 
 def reconstruct_probs(model, x_u8, batch_size: int = 500) -> np.ndarray:
   """decode(encode(x)) probabilities, with the posterior mean for VAEs."""
-  fn = _jitted(model, lambda m, x: jax.nn.sigmoid(m.decode(_code(m, x)[0]).astype(jnp.float32)))
-  return map_batches(fn, np.asarray(x_u8), batch_size=batch_size)
+  return map_batches(jitted(model).reconstruct, np.asarray(x_u8), batch_size=batch_size)
 
 
 def reconstruction_metrics(model, x_u8, batch_size: int = 500) -> dict:
   """BCE (nats/image) and pixel error (%) of decode(encode(x)) against the {0,1} targets x_u8;
   for a VAE also the mean analytic KL and the active units."""
-
-  def per_example(m, x):
-    code, logvar = _code(m, x)
-    logits = m.decode(code).astype(jnp.float32)
-    target = x.astype(jnp.float32)
-    bce = -losses.bernoulli_log_likelihood(logits, target)
-    wrong = jnp.sum(((logits > 0).astype(jnp.float32) != target).reshape(x.shape[0], -1), axis=-1)
-    kl = (losses.kl_analytic(code.astype(jnp.float32), logvar.astype(jnp.float32))
-          if logvar is not None else jnp.zeros(x.shape[0]))
-    return bce, wrong, kl, code
-
+  fns = jitted(model)
   x_u8 = np.asarray(x_u8)
-  bce, wrong, kl, codes = map_batches(_jitted(model, per_example), x_u8, batch_size=batch_size)
+  bce, wrong, kl, codes = map_batches(fns.per_example, x_u8, batch_size=batch_size)
   pixels = int(np.prod(x_u8.shape[1:]))
   out = {"bce": float(np.mean(bce)), "pixel_error": float(100.0 * np.mean(wrong) / pixels)}
-  if getattr(model, "stochastic", True):
+  if getattr(fns.model, "stochastic", True):
     activity = np.var(codes.astype(np.float64), axis=0, ddof=1)
     out.update(kl=float(np.mean(kl)),
                active_units=int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
@@ -335,6 +349,7 @@ def sampler_images(model, train_x_u8, test_x_u8, n: int, seed: int, components: 
   codes); midpoint: decode((code(a) + code(b)) / 2) for random pairs of test digits;
   reconstruction: decode(code(x)) for n training digits.
   """
+  model = jitted(model)
   rng = np.random.default_rng([seed, 7])
   train_codes = encode_codes(model, train_x_u8)
   test_codes = encode_codes(model, test_x_u8)
@@ -388,7 +403,6 @@ def run_study(study: StudyConfig, out: str) -> dict:
 
   `vae_jax.study_report.write_report(results, out)` turns it into report.md, report.json, plots.
   """
-  from vae_jax import run  # pylint: disable=import-outside-toplevel
   study.validate()
   study = dataclasses.replace(study, data=normalize_data(study.data))
   start = time.perf_counter()
@@ -397,6 +411,11 @@ def run_study(study: StudyConfig, out: str) -> dict:
   dataset = data_lib.load(study.data)
   if len(dataset.test_images) < 2:
     raise UserError(f"{dataset.name} has {len(dataset.test_images)} test images; the study needs 2")
+  train_x = data_lib.binarize(dataset.take_train(study.train_size).train_images)
+  test_x = data_lib.binarize(dataset.test_images)
+  if len(train_x) < study.gmm_components:
+    raise UserError(f"{len(train_x)} training digits cannot fit a {study.gmm_components}-component "
+                    "Gaussian mixture")
   os.makedirs(out, exist_ok=True)
   clf, clf_info = classifier_lib.cached_classifier(
       os.path.join(out, "classifier"), dataset,
@@ -411,13 +430,11 @@ def run_study(study: StudyConfig, out: str) -> dict:
     runs[spec.name] = {**spec._asdict(), "outcome": outcome, **run_timing(workdir)}
   bar.close()
 
-  train_x = data_lib.binarize(dataset.take_train(study.train_size).train_images)
-  test_x = data_lib.binarize(dataset.test_images)
   models = {}
 
   def model_of(name):
     if name not in models:
-      models[name] = run.restore_model(os.path.join(out, "runs", name))[2]
+      models[name] = Jitted(run.restore_model(os.path.join(out, "runs", name))[2])
     return models[name]
 
   results = {"study": dataclasses.asdict(study), "data": dataset.name,
