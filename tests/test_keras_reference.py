@@ -54,6 +54,9 @@ for prefix, values in (("grad", grads), ("after", after), ("loaded", trainable))
   for name, p in kr.flax_tree(model, values).items():
     for part, value in p.items():
       out[f"{prefix}/{name}/{part}"] = value
+# Drawing the noise advances the seed that the stateless step carries: each step gets new noise.
+_, advanced = jax.jit(lambda tr, nt: model.stateless_call(tr, nt, x))(trainable, non_trainable)
+assert len(non_trainable) == 1 and not np.array_equal(advanced[0], non_trainable[0])
 # TensorFlow is installed here, yet the Keras-on-JAX side never loaded it.
 assert sys.modules["tensorflow"] is None, sys.modules["tensorflow"]
 assert not [m for m in sys.modules if m.startswith("tensorflow.")]
