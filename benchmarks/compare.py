@@ -1,16 +1,20 @@
-"""Compares the JAX port with the TensorFlow tutorial: learning curves over seeds, and training throughput.
+"""Compares the JAX port with its peers: learning curves over seeds, and training throughput.
 
   python -m benchmarks.compare --data idx:../shared/data/mnist --epochs 10 --seeds 3 --out benchmarks/results/NAME
 
+The peers: the TensorFlow tutorial (tf: benchmarks.tf_reference) and the tutorial's Keras model, loss
+and Adam on Keras 3 with the JAX backend (keras_jax: benchmarks.keras_reference). --frameworks picks
+them (default: all three); a peer whose package is not installed is skipped, and the report says why.
 Runs one process at a time (concurrent runs would share the cores): for each seed, the JAX main job
-(experiments.mnist_vae) and the TF reference (benchmarks.tf_reference), on the same arrays in the same
-batch order; then benchmarks.throughput for JAX and for TF. Writes OUT/report.json, OUT/report.md and
-OUT/curves.png; each run's own outputs and log stay below OUT.
+(experiments.mnist_vae) and each peer, on the same arrays in the same batch order; then
+benchmarks.throughput for every framework in rounds, the order rotating from round to round. Writes
+OUT/report.json, OUT/report.md and OUT/curves.png; each run's own outputs and log stay below OUT.
 """
 
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -27,6 +31,20 @@ from vae_jax.errors import UserError
 from vae_jax.run import METRICS_FILE, read_metrics
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "tensorflow", "keras", "numpy")
+FRAMEWORKS = tuple(report_lib.FRAMEWORKS)  # jax (the port), tf, keras_jax
+
+
+def missing(name: str) -> str | None:
+  """Why framework `name` cannot run here, or None when it can."""
+  if name == "tf" and importlib.util.find_spec("tensorflow") is None:
+    return "tensorflow is not installed"
+  if name == "keras_jax":
+    if importlib.util.find_spec("keras") is None:
+      return "keras is not installed"
+    version = importlib.metadata.version("keras")
+    if int(version.split(".")[0]) < 3:
+      return f"keras {version} is not Keras 3 (the JAX backend needs keras>=3)"
+  return None
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -51,8 +69,30 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=500, help="training steps timed in each throughput run")
   p.add_argument("--throughput-rounds", type=int, default=3,
                  help="JAX and TF throughput runs back to back this many times; the median ratio counts")
+  p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                 help="comma-separated, jax first: jax (the port), tf (the TensorFlow tutorial), "
+                      "keras_jax (the tutorial's Keras model on Keras 3 with the JAX backend); "
+                      "those not installed are skipped")
+  p.add_argument("--jax-dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="compute dtype of the port's layers (weights, loss and Adam stay float32)")
+  p.add_argument("--tf-precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                 help="Keras dtype policy of the TF reference")
+  p.add_argument("--keras-precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                 help="Keras dtype policy of the Keras-on-JAX reference")
   p.add_argument("--out", required=True, help="new or empty directory for the report")
   args = p.parse_args(argv)
+  names = [n.strip() for n in args.frameworks.split(",") if n.strip()]
+  unknown = [n for n in names if n not in FRAMEWORKS]
+  if unknown:
+    p.error(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
+  if not names or names[0] != report_lib.PORT or len(set(names)) != len(names):
+    p.error(f"--frameworks must start with jax and name each framework once, got {args.frameworks!r}")
+  args.skipped = {n: missing(n) for n in names if missing(n)}
+  args.frameworks = [n for n in names if n not in args.skipped]
+  if len(args.frameworks) < 2:
+    p.error("--frameworks: no peer to compare with ("
+            + ("; ".join(f"{n} skipped: {why}" for n, why in args.skipped.items()) or "only jax given")
+            + ")")
   for name in ("epochs", "seeds", "batch_size", "latent_dim", "steps", "train_size",
                "throughput_rounds"):
     value = getattr(args, name)
@@ -101,7 +141,7 @@ def machine() -> dict:
   if os.path.exists("/proc/cpuinfo"):
     with open("/proc/cpuinfo") as f:
       cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-  # Both frameworks' processes inherit this process's environment (see vae_jax.hugepages).
+  # Every framework's processes inherit this process's environment (see vae_jax.hugepages).
   return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
@@ -126,7 +166,14 @@ def main(argv=None) -> int:
   if args.train_size is not None:
     common += ["--train-size", str(args.train_size)]
   py = sys.executable
-  rows, throughput, runs = {"jax": [], "tf": []}, {"jax": [], "tf": []}, []
+  names = args.frameworks
+  precision = {"jax": args.jax_dtype, "tf": args.tf_precision, "keras_jax": args.keras_precision}
+  precision_flags = {"jax": ["--dtype", args.jax_dtype], "tf": ["--precision", args.tf_precision],
+                     "keras_jax": ["--precision", args.keras_precision]}
+  modules = {"tf": "benchmarks.tf_reference", "keras_jax": "benchmarks.keras_reference"}
+  rows, throughput, runs = {n: [] for n in names}, {n: [] for n in names}, []
+  for name, why in args.skipped.items():
+    print(f"[{name}] skipped: {why}", flush=True)
 
   def run_logged(name, argv):
     runs.append(argv)
@@ -134,21 +181,24 @@ def main(argv=None) -> int:
 
   try:
     for seed in range(args.seeds):
-      jax_dir, tf_dir = (os.path.join(out, name, f"seed{seed}") for name in ("jax", "tf"))
-      run_logged(f"jax seed {seed}", [py, "-m", "experiments.mnist_vae", *common,
-                                      "--seed", str(seed), "--workdir", jax_dir])
-      os.makedirs(tf_dir)
-      run_logged(f"tf seed {seed}", [py, "-m", "benchmarks.tf_reference", *common,
-                                     "--seed", str(seed), "--out", os.path.join(tf_dir, METRICS_FILE)])
-      for name, workdir in (("jax", jax_dir), ("tf", tf_dir)):
+      for name in names:
+        workdir = os.path.join(out, name, f"seed{seed}")
+        if name == "jax":
+          cmd = [py, "-m", "experiments.mnist_vae", *common, *precision_flags[name],
+                   "--seed", str(seed), "--workdir", workdir]
+        else:
+          os.makedirs(workdir)
+          cmd = [py, "-m", modules[name], *common, *precision_flags[name], "--seed", str(seed),
+                   "--out", os.path.join(workdir, METRICS_FILE)]
+        run_logged(f"{name} seed {seed}", cmd)
         rows[name].append(read_metrics(workdir))
         print(f"  {name} seed {seed}: final test ELBO {rows[name][-1][-1]['test_elbo']:.2f}")
     for r in range(args.throughput_rounds):
-      # Back to back, TF first in every second round: slow drifts of the machine's speed hit both.
-      for name in ("jax", "tf") if r % 2 == 0 else ("tf", "jax"):
+      # Back to back, the order rotating each round: slow drifts of the machine's speed hit all.
+      for name in names[r % len(names):] + names[:r % len(names)]:
         path = os.path.join(out, f"throughput_{name}_round{r + 1}.json")
         run_logged(f"{name} throughput round {r + 1}", [
-            py, "-m", "benchmarks.throughput", "--framework", name,
+            py, "-m", "benchmarks.throughput", "--framework", name, *precision_flags[name],
             "--batch-size", str(args.batch_size), "--latent-dim", str(args.latent_dim),
             "--steps", str(args.steps), "--out", path])
         with open(path) as f:
@@ -161,9 +211,11 @@ def main(argv=None) -> int:
   settings = {"data": args.data, "epochs": args.epochs, "train_size": args.train_size,
               "seeds": list(range(args.seeds)), "batch_size": args.batch_size,
               "latent_dim": args.latent_dim, "learning_rate": get_config().learning_rate,
-              "throughput_steps": args.steps, "throughput_rounds": args.throughput_rounds}
+              "throughput_steps": args.steps, "throughput_rounds": args.throughput_rounds,
+              "frameworks": names}
   report = report_lib.build(
-      rows, throughput, command=command, runs=runs,
+      rows, throughput, precision={n: precision[n] for n in names}, skipped=args.skipped,
+      command=command, runs=runs,
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       settings=settings, machine=machine(), versions=versions())
   report_lib.write(report, out)

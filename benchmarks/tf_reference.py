@@ -79,7 +79,8 @@ class CVAE(tf.keras.Model):
     # Not in the tutorial: an optional eps so the parity tests can fix the noise; None draws as the tutorial.
     if eps is None:
       eps = tf.random.normal(shape=mean.shape)
-    return eps * tf.exp(logvar * .5) + mean
+    # Not in the tutorial: eps in mean's dtype (bfloat16 under mixed_bfloat16; float32 otherwise).
+    return tf.cast(eps, mean.dtype) * tf.exp(logvar * .5) + mean
 
   def decode(self, z, apply_sigmoid=False):
     logits = self.generative_net(z)
@@ -105,6 +106,8 @@ def compute_loss_with_eps(model, x, eps):
   mean, logvar = model.encode(x)
   z = model.reparameterize(mean, logvar, eps)
   x_logit = model.decode(z)
+  # Not in the tutorial: the loss in float32 under mixed_bfloat16 (the casts do nothing in float32).
+  mean, logvar, z, x_logit = (tf.cast(a, tf.float32) for a in (mean, logvar, z, x_logit))
   cross_ent = tf.nn.sigmoid_cross_entropy_with_logits(logits=x_logit, labels=x)
   logpx_z = -tf.reduce_sum(cross_ent, axis=[1, 2, 3])
   logpz = log_normal_pdf(z, 0., 0.)
@@ -211,7 +214,16 @@ def evaluate_elbo(model, test_dataset):
   return -total / count
 
 
-def make_model_and_optimizer(latent_dim, learning_rate):
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies
+
+
+def make_model_and_optimizer(latent_dim, learning_rate, precision="float32"):
+  """The tutorial's model and Adam under the Keras dtype policy `precision` (global, as Keras sets it).
+
+  mixed_bfloat16: the layers compute in bfloat16 on float32 weights; the loss and Adam stay float32
+  (bfloat16 needs no loss scaling).
+  """
+  tf.keras.mixed_precision.set_global_policy(precision)
   model = CVAE(latent_dim)
   optimizer = tf.keras.optimizers.Adam(learning_rate)
   # Not in the tutorial: Keras 3 creates Adam's slots on the first apply_gradients, which the shared
@@ -220,7 +232,8 @@ def make_model_and_optimizer(latent_dim, learning_rate):
   return model, optimizer
 
 
-def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, seed, on_epoch=None):
+def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, seed,
+             precision="float32", on_epoch=None):
   """Trains the tutorial model on binarized (N, 28, 28, 1) float32 arrays; returns one row per epoch.
 
   Epoch e visits the examples in vae_jax.data.epoch_order(seed, e, N), as the JAX main job does. The
@@ -230,7 +243,7 @@ def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, 
   # Seeds Python, numpy and TF: the weight init and the reparameterization noise.
   tf.keras.utils.set_random_seed(seed)
   test_dataset = tf.data.Dataset.from_tensor_slices(test_x).batch(batch_size)
-  model, optimizer = make_model_and_optimizer(latent_dim, learning_rate)
+  model, optimizer = make_model_and_optimizer(latent_dim, learning_rate, precision)
   traced = set()
 
   history = []
@@ -282,6 +295,8 @@ def main(argv=None):
   parser.add_argument("--latent-dim", type=int, default=d.latent_dim)
   parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
   parser.add_argument("--seed", type=int, default=d.seed)
+  parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                      help="Keras dtype policy (mixed_bfloat16: bfloat16 layers, float32 weights and loss)")
   parser.add_argument("--out", help="JSONL file, one row per epoch (the main job's metrics.jsonl keys)")
   args = parser.parse_args(argv)
 
@@ -295,10 +310,11 @@ def main(argv=None):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  meta = {"framework": "tensorflow", "tf_version": tf.__version__, "keras_version": tf.keras.__version__,
+  # The flags first: train_size is then the number of examples used, not the flag's None for all.
+  meta = {**{k: v for k, v in vars(args).items() if k != "out"},
+          "framework": "tensorflow", "tf_version": tf.__version__, "keras_version": tf.keras.__version__,
           "devices": [d.name for d in tf.config.list_logical_devices()], "machine": platform.machine(),
-          "cpu_count": os.cpu_count(), "train_size": len(train_x), "test_size": len(test_x),
-          **{k: v for k, v in vars(args).items() if k != "out"}}
+          "cpu_count": os.cpu_count(), "train_size": len(train_x), "test_size": len(test_x)}
   print(json.dumps({"meta": meta}), flush=True)
   out = open(args.out, "w") if args.out else None
 
@@ -312,7 +328,7 @@ def main(argv=None):
   try:
     train_tf(train_x, test_x, epochs=args.epochs, batch_size=args.batch_size,
              latent_dim=args.latent_dim, learning_rate=args.learning_rate, seed=args.seed,
-             on_epoch=emit)
+             precision=args.precision, on_epoch=emit)
   finally:
     if out is not None:
       out.close()

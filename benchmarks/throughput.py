@@ -2,13 +2,17 @@
 
   python -m benchmarks.throughput --framework jax --batch-size 100 --latent-dim 50 --steps 500 --out jax.json
 
-One recipe for both frameworks. The first call is timed apart as compile_seconds (JAX: the ahead-of-time
-compile of vae_jax.train.Steps; TF: the first tf.function call, which traces, optimizes and runs one step).
-One untimed warm-up call follows. Then --steps training steps run twice: synced once at the end, for
-images_per_sec; synced after every call, for the per-step median and p90. JAX runs the main job's
-compiled lax.scan chunks, so its per-step time is a chunk's wall time over its length; TF runs the
+One recipe for every framework. The first call is timed apart as compile_seconds (JAX and Keras on
+JAX: the ahead-of-time compile of their jitted functions; TF: the first tf.function call, which traces,
+optimizes and runs one step). One untimed warm-up call follows. Then --steps training steps run
+twice: synced once at the end, for images_per_sec; synced after every call, for the per-step median
+and p90. JAX runs the main job's compiled lax.scan chunks, so its per-step time is a chunk's wall time
+over its length; keras_jax runs benchmarks.keras_reference's jitted lax.scan of Keras' stateless steps
+over chunks as long as the main job's (or, with --keras-form fit, Keras' own fit); TF runs the
 tutorial's tf.function train_step once per batch. Evaluation is the forward loss only: JAX's compiled
-evaluate, TF's eager compute_loss as in the tutorial. Peak memory is the process's ru_maxrss (host).
+evaluate, Keras' jitted stateless call per batch, TF's eager compute_loss as in the tutorial. Peak
+memory is the process's ru_maxrss (host). --dtype (jax) and --precision (tf, keras_jax) choose the
+compute precision; the result's "precision" says which.
 """
 
 import argparse
@@ -30,6 +34,9 @@ from vae_jax.config import get_config
 from vae_jax.errors import UserError
 
 TF_BATCHES = 10  # distinct batches TF cycles through (JAX uses one chunk's worth)
+FRAMEWORKS = ("jax", "tf", "keras_jax")
+KERAS_FORMS = ("scan", "fit")
+FIT_EXECUTIONS = 5  # keras_jax --keras-form fit: steps_per_execution runs of one chunk each per fit call
 
 
 @dataclasses.dataclass
@@ -98,12 +105,12 @@ def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench
       flops_per_step=cost.get("flops", 0.0) / length if cost else None)
 
 
-def tf_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
+def tf_bench(batch_size: int, latent_dim: int, seed: int, precision: str = "float32") -> Bench:
   """The tutorial's train_step and compute_loss (benchmarks.tf_reference)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from benchmarks import tf_reference as tfr  # pylint: disable=import-outside-toplevel
   tf.keras.utils.set_random_seed(seed)
-  model, optimizer = tfr.make_model_and_optimizer(latent_dim, get_config().learning_rate)
+  model, optimizer = tfr.make_model_and_optimizer(latent_dim, get_config().learning_rate, precision)
   # tf.identity runs on the default device (the GPU when there is one), so the batches live there.
   batches = tf.unstack(tf.identity(tf.constant(
       random_batches(seed, TF_BATCHES, batch_size).astype(np.float32))))
@@ -121,6 +128,75 @@ def tf_bench(batch_size: int, latent_dim: int, seed: int) -> Bench:
       eval_images_per_call=TF_BATCHES * batch_size, sync=np.asarray,
       # No separate compile step: the first call's whole time is the price of tracing.
       compile_seconds=lambda first_call: first_call, device_peak_mib=device_peak_mib)
+
+
+def keras_bench(batch_size: int, latent_dim: int, seed: int, precision: str = "float32",
+                form: str = "scan", steps_per_chunk: int = 0) -> Bench:
+  """The tutorial's model, loss and Adam on Keras 3 with the JAX backend (benchmarks.keras_reference).
+
+  form "scan": keras_reference's jitted stateless chunk of steps, compiled ahead of time (its
+  compile_seconds). form "fit": Keras' fit(steps_per_execution=chunk) over FIT_EXECUTIONS chunks of
+  numpy batches per call; its compile time is the first call's whole time, as TF's. Evaluation in
+  both: the jitted stateless forward loss, one call per batch.
+  """
+  # Sets KERAS_BACKEND=jax before Keras loads (this process must not have loaded Keras yet).
+  from benchmarks import keras_reference as kr  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import keras  # pylint: disable=import-outside-toplevel
+  keras.utils.set_random_seed(seed)
+  model, optimizer = kr.make_model_and_optimizer(latent_dim, get_config().learning_rate, precision)
+  length, unroll = kr.chunk_plan(jax.default_backend(), steps_per_chunk)
+  stateless = kr.Stateless(model, optimizer, unroll)
+  x = random_batches(seed, length, batch_size).astype(np.float32)
+  xs = jax.device_put(x)
+  eval_state = stateless.initial_state()
+
+  def evaluate():
+    nonlocal eval_state
+    losses = []
+    for b in range(length):
+      loss, eval_state = stateless.call(stateless.evaluate, eval_state, xs[b])
+      losses.append(loss)
+    return losses
+
+  if form == "scan":
+    state = stateless.initial_state()
+
+    def train_call():
+      nonlocal state  # donated by each call: only the newest state is alive
+      state, losses = stateless.call(stateless.train_chunk, state, xs, 0, static=(length,))
+      return losses
+
+    steps_per_call = length
+    cost = stateless.compiled(stateless.train_chunk, state, xs, 0, static=(length,)).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops_per_step = cost.get("flops", 0.0) / length if cost else None
+    compile_seconds = lambda first_call: stateless.compile_seconds
+  elif form == "fit":
+    model.compile(optimizer=optimizer, steps_per_execution=length)
+    fit_x = np.concatenate([x.reshape(-1, *x.shape[2:])] * FIT_EXECUTIONS)
+
+    def train_call():
+      model.fit(fit_x, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+      return model.trainable_variables[0].value  # fit syncs the variables at its end
+
+    steps_per_call = length * FIT_EXECUTIONS
+    flops_per_step = None
+    compile_seconds = lambda first_call: first_call
+  else:
+    raise UserError(f"--keras-form must be one of {', '.join(KERAS_FORMS)}, got {form!r}")
+
+  def device_peak_mib():
+    stats = jax.devices()[0].memory_stats()  # None on CPU
+    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+
+  device = jax.devices()[0]
+  return Bench(
+      device=device.platform if device.platform == "cpu" else f"{device.platform}: {device.device_kind}",
+      train=train_call, steps_per_call=steps_per_call, evaluate=evaluate,
+      eval_images_per_call=length * batch_size, sync=jax.block_until_ready,
+      compile_seconds=compile_seconds, device_peak_mib=device_peak_mib,
+      flops_per_step=flops_per_step)
 
 
 def time_calls(call: Callable[[], Any], sync: Callable[[Any], Any], count: int):
@@ -179,7 +255,9 @@ def main(argv=None) -> int:
   d = get_config()
   p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--framework", choices=("jax", "tf"), required=True)
+  p.add_argument("--framework", choices=FRAMEWORKS, required=True,
+                 help="jax: the port's main job; tf: the TensorFlow tutorial; keras_jax: the "
+                      "tutorial's Keras model on Keras 3 with the JAX backend")
   p.add_argument("--batch-size", type=int, default=d.batch_size)
   p.add_argument("--latent-dim", type=int, default=d.latent_dim)
   p.add_argument("--steps", type=int, default=500, help="training steps timed (whole calls)")
@@ -189,9 +267,17 @@ def main(argv=None) -> int:
   p.add_argument("--devices", type=int,
                  help="jax: data-parallel over this many devices (simulated ones on a CPU host)")
   p.add_argument("--steps-per-chunk", type=int, default=0,
-                 help="jax: steps per compiled chunk (0: the backend's default)")
+                 help="jax, keras_jax: steps per compiled chunk (0: the backend's default)")
   p.add_argument("--micro-batches", type=int, default=0,
                  help="jax: parts each step's batch is split into (0: vae_jax.train's default)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="jax: compute dtype of the layers (parameters, loss and Adam stay float32)")
+  p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                 help="tf, keras_jax: Keras dtype policy (mixed_bfloat16: bfloat16 layers, float32 "
+                      "weights, loss and Adam)")
+  p.add_argument("--keras-form", choices=KERAS_FORMS, default="scan",
+                 help="keras_jax: a jitted lax.scan of stateless steps (scan) or Keras' "
+                      f"fit(steps_per_execution=chunk), {FIT_EXECUTIONS} chunks per call (fit)")
   p.add_argument("--out", help="write the result as JSON here too")
   args = p.parse_args(argv)
   for name in ("batch_size", "latent_dim", "steps"):
@@ -199,19 +285,30 @@ def main(argv=None) -> int:
       p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   if args.out and os.path.exists(args.out):
     p.error(f"--out {args.out} exists; choose a new file")
-  if args.framework == "tf" and (args.parallel != "none" or args.devices or args.steps_per_chunk
-                                 or args.micro_batches):
-    p.error("--parallel, --devices, --steps-per-chunk and --micro-batches are for --framework jax")
+  if args.framework != "jax" and (args.parallel != "none" or args.devices or args.micro_batches
+                                  or args.dtype != "float32"):
+    p.error("--parallel, --devices, --micro-batches and --dtype are for --framework jax")
+  if args.framework == "tf" and args.steps_per_chunk:
+    p.error("--steps-per-chunk is for --framework jax and keras_jax")
+  if args.framework == "jax" and args.precision != "float32":
+    p.error("--precision is for --framework tf and keras_jax; jax takes --dtype")
+  if args.framework != "keras_jax" and args.keras_form != "scan":
+    p.error("--keras-form is for --framework keras_jax")
   result = {"framework": args.framework, "latent_dim": args.latent_dim,
+            "precision": args.dtype if args.framework == "jax" else args.precision,
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # vae_jax/hugepages.py
   try:
     if args.framework == "jax":
       result.update(parallel=args.parallel, devices=args.devices, micro_batches=args.micro_batches)
       bench = jax_bench(args.batch_size, args.latent_dim, args.seed, parallel=args.parallel,
                         devices=args.devices, steps_per_chunk=args.steps_per_chunk,
-                        micro_batches=args.micro_batches)
+                        micro_batches=args.micro_batches, dtype=args.dtype)
+    elif args.framework == "tf":
+      bench = tf_bench(args.batch_size, args.latent_dim, args.seed, args.precision)
     else:
-      bench = tf_bench(args.batch_size, args.latent_dim, args.seed)
+      result.update(keras_form=args.keras_form)
+      bench = keras_bench(args.batch_size, args.latent_dim, args.seed, args.precision,
+                          args.keras_form, args.steps_per_chunk)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
