@@ -108,6 +108,7 @@ class EncodeResult:
   omitted: int            # seed words left out of the file (untouched)
   initial_bits: int       # 32 * seed words the chain consumed
   min_stack_words: int    # the lowest the stack went
+  latents: np.ndarray     # (N, latent_dim) the bucket indices popped for each image
 
 
 def encode(tables: ModelTables, images: np.ndarray, settings: Settings,
@@ -118,6 +119,7 @@ def encode(tables: ModelTables, images: np.ndarray, settings: Settings,
   prior = constriction.stream.model.Uniform(1 << p.latent_bits)
   coder = constriction.stream.stack.AnsCoder(seed)
   lowest = coder.num_words()
+  latents = np.zeros((len(images), tables.latent_dim), np.int32)
   for start, size, shape in schedule(len(images), settings):
     x = images[start:start + size]
     posterior = tables.posterior(x, shape).reshape(-1, 1 << p.latent_bits)
@@ -127,12 +129,14 @@ def encode(tables: ModelTables, images: np.ndarray, settings: Settings,
     coder.encode_reverse(x.reshape(-1).astype(np.int32), _PIXEL,
                          _pixel_probabilities(pixels, p.pixel_bits))
     coder.encode_reverse(z, prior)
+    latents[start:start + size] = z.reshape(size, -1)
     progress(size)
   stack = coder.get_compressed()
   limit = min(len(stack), len(seed))
   differs = np.nonzero(stack[:limit] != seed[:limit])[0]
   omitted = int(differs[0]) if len(differs) else limit
-  return EncodeResult(stack[omitted:].copy(), omitted, 32 * (len(seed) - omitted), lowest)
+  return EncodeResult(stack[omitted:].copy(), omitted, 32 * (len(seed) - omitted), lowest,
+                      latents)
 
 
 def decode(tables: ModelTables, words: np.ndarray, omitted: int, count: int,

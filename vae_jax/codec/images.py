@@ -17,16 +17,15 @@ import numpy as np
 
 from vae_jax import data, pictures
 from vae_jax.errors import UserError
-from vae_jax.models import IMAGE_SHAPE
 
 IDX_NAME, PREVIEW_NAME = "images-idx3-ubyte.gz", "preview.png"
 _IMAGES_MAGIC = 2051
 
 
 def _check_hw(hw, where: str) -> None:
-  if tuple(hw) != IMAGE_SHAPE[:2]:
+  if tuple(hw) != data.IMAGE_HW:
     raise UserError(f"{where}: images are {hw[0]}x{hw[1]}; the model codes "
-                    f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} images")
+                    f"{data.IMAGE_HW[0]}x{data.IMAGE_HW[1]} images")
 
 
 def read_png_dir(directory: str) -> np.ndarray:

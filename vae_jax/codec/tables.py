@@ -76,7 +76,7 @@ def _posterior_ints(graphdef, latent_bits, posterior_bits, state, x_u8):
   mean, logvar = model.encode(x_u8.astype(jnp.float32))
   mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
   edges = jnp.asarray(bucket_edges(latent_bits))
-  u = (edges - mean[..., None]) * jnp.exp(-0.5 * logvar)[..., None]   # (B, L, K - 1)
+  u = (edges[None, None, :] - mean[..., None]) * jnp.exp(-0.5 * logvar)[..., None]  # (B, L, K-1)
   # tail[i] = the smaller of Phi(u_i) and 1 - Phi(u_i), accurate in float32 in both tails.
   tail = jax.scipy.special.ndtr(-jnp.abs(u))
   lo_u, hi_u = _bucket_sides(u, jnp.inf)

@@ -60,9 +60,13 @@ def build(config: Config, params: dict[str, np.ndarray]) -> nnx.Module:
 
 def load(name: str = DEFAULT) -> tuple[Config, nnx.Module, list[dict]]:
   """(config, model, metrics rows) of a shipped model."""
-  folder = path(name)
-  if not os.path.isfile(os.path.join(folder, PARAMS)):
+  if not os.path.isfile(os.path.join(path(name), PARAMS)):
     raise UserError(f"no pretrained model {name!r} in the package (have: {', '.join(available()) or 'none'})")
+  return load_folder(path(name))
+
+
+def load_folder(folder: str) -> tuple[Config, nnx.Module, list[dict]]:
+  """(config, model, metrics rows) from a folder that `export` wrote."""
   with open(os.path.join(folder, CONFIG)) as f:
     config = Config(**json.load(f))
   with np.load(os.path.join(folder, PARAMS)) as npz:
@@ -86,7 +90,8 @@ def export(workdir: str, out_dir: str, command: str) -> str:
     json.dump(dataclasses.asdict(config), f, indent=2)
     f.write("\n")
   rows = run.read_metrics(workdir)
-  shutil.copyfile(os.path.join(workdir, run.METRICS_FILE), os.path.join(out_dir, METRICS))
+  if rows:
+    shutil.copyfile(os.path.join(workdir, run.METRICS_FILE), os.path.join(out_dir, METRICS))
   last = rows[-1] if rows else {}
   with open(os.path.join(out_dir, README), "w") as f:
     f.write(f"# {os.path.basename(os.path.abspath(out_dir))}\n\n"
@@ -100,3 +105,14 @@ def export(workdir: str, out_dir: str, command: str) -> str:
             f"`{CONFIG}`. Exported with:\n\n```bash\npython -m experiments.compress export "
             f"--workdir WORKDIR --out {os.path.relpath(out_dir)}\n```\n")
   return out_dir
+
+
+def resolve(spec: str) -> tuple[Config, nnx.Module, list[dict]]:
+  """--model: `pretrained` (or `pretrained:NAME`), else a run's workdir (its newest checkpoint)."""
+  if spec == "pretrained" or spec.startswith("pretrained:"):
+    return load(spec.partition(":")[2] or DEFAULT)
+  from vae_jax import run  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(spec):
+    raise UserError(f"--model {spec}: not a run's workdir (directory not found) nor 'pretrained'")
+  config, _, model = run.restore_model(spec)
+  return config, model, run.read_metrics(spec)
