@@ -34,7 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   enc.add_argument("--out", required=True, help="the compressed file (never overwritten)")
   enc.add_argument("--lossy", action="store_true",
                    help="code only the quantized posterior mean (decodes to the most probable image)")
-  enc.add_argument("--step", type=float, default=0.2, help="--lossy quantization step (default 0.2)")
+  enc.add_argument("--step", type=float, default=1.0,
+                   help="--lossy quantization step, in units of each latent dimension's average "
+                        "posterior standard deviation (default 1)")
   enc.add_argument("--quiet", action="store_true", help="no progress bar")
 
   dec = sub.add_parser("decode", help="compressed file -> IDX images and a preview PNG")

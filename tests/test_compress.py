@@ -191,8 +191,10 @@ def test_lossy_decode_is_the_decoders_most_probable_image(codec, digits):
   step = 0.3
   raw, _, decoded, _ = codec.encode_lossy(x, step)
   again, _ = codec.decode(raw, "mem")
-  mean = np.asarray(codec.model.encode(x.astype(np.float32))[0], np.float64)
-  z = (np.rint(mean / np.float32(step)) * np.float32(step)).astype(np.float32)
+  mean, logvar = (np.asarray(a, np.float64) for a in codec.model.encode(x.astype(np.float32)))
+  # the step is in units of each dimension's mean posterior std, which the header holds as float16
+  steps = float(np.float32(step)) * np.exp(0.5 * logvar).mean(0).astype(np.float16).astype(np.float64)
+  z = (np.rint(mean / steps) * steps).astype(np.float32)
   expected = np.asarray(codec.model.decode(z)).reshape(len(x), -1) > 0
   np.testing.assert_array_equal(again.reshape(len(x), -1), expected)
   np.testing.assert_array_equal(decoded, expected)

@@ -26,11 +26,12 @@ from vae_jax import losses
 from vae_jax.codec import baselines, container, images as images_lib, lossy
 from vae_jax.codec.files import Codec
 from vae_jax.codec.tables import cpu_device
+from vae_jax.errors import UserError
 
 PIXELS = 784
 LN2 = math.log(2.0)
-DEFAULT_STEPS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
-DEFAULT_PCA_STEPS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+DEFAULT_STEPS = (0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)  # in posterior standard deviations
+DEFAULT_PCA_STEPS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)
 
 
 def _bpp(n_bytes: float, n_images: int) -> float:
@@ -96,14 +97,18 @@ def lossy_curve(codec: Codec, images01: np.ndarray, steps) -> list[dict]:
 
 def pca_curve(train01: np.ndarray, images01: np.ndarray, components: int, steps) -> list[dict]:
   """PCA fitted on train01; coefficients rounded to multiples of step and coded by `lossy`."""
-  from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
+  try:
+    from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError("the PCA baseline needs scikit-learn: pip install 'vae_jax[bench]'") from None
   pca = PCA(n_components=components, random_state=0).fit(train01.reshape(len(train01), -1))
   flat = images01.reshape(len(images01), -1)
   coefficients = pca.transform(flat.astype(np.float64))
   # the same container around the symbols as the lossy mode's files
   header = len(container.Container(container.LOSSY, bytes(32), 0, (28, 28, 1), 0, b"", b"")
-               .to_bytes()) + len(lossy.pack_settings(1.0, 1, lossy.FactorizedPrior.fit(
-                   np.zeros((1, components), np.int64))))
+               .to_bytes()) + len(lossy.pack_settings(1.0, 1, np.ones(components, np.float16),
+                                                      lossy.FactorizedPrior.fit(
+                                                          np.zeros((1, components), np.int64))))
   rows = []
   for step in steps:
     q = np.rint(coefficients / step).astype(np.int64)

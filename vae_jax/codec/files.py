@@ -101,19 +101,21 @@ class Codec:
   # ------------------------------------------------------------ lossy
 
   def encode_lossy(self, images: np.ndarray, step: float, show_progress: bool = False):
-    """(file bytes, report, decoded images (N, pixels), their logits) coding quantized means."""
+    """(file bytes, report, decoded images (N, pixels), their logits) coding quantized means;
+    `step` is in units of each dimension's average posterior standard deviation."""
     if not (np.isfinite(step) and step > 0):
       raise UserError(f"--step must be a positive number, got {step}")
     step = float(np.float32(step))  # the header's precision, so both sides dequantize alike
     tables, batch = self.tables(), self.settings.max_batch
     compile_seconds = self._warm_lossy(tables, batch)
     start = time.perf_counter()
-    q = lossy.codes(tables, images, step, batch)
+    q, scales = lossy.codes(tables, images, step, batch)
     prior = lossy.FactorizedPrior.fit(q)
     words = lossy.encode_symbols(q, prior)
-    decoded, logits = lossy.reconstruct(tables, q, step, batch)
+    decoded, logits = lossy.reconstruct(tables, q, lossy.dimension_steps(step, scales), batch)
     box = container.Container(container.LOSSY, self.fingerprint, len(images), IMAGE_SHAPE,
-                              container.images_crc(decoded), lossy.pack_settings(step, batch, prior),
+                              container.images_crc(decoded),
+                              lossy.pack_settings(step, batch, scales, prior),
                               container.words_to_bytes(words))
     raw = box.to_bytes()
     seconds = time.perf_counter() - start
@@ -127,14 +129,14 @@ class Codec:
     return tables.compile_seconds - start
 
   def _decode_lossy(self, box: container.Container, name: str):
-    step, batch, prior = lossy.unpack_settings(box.settings)
+    step, batch, scales, prior = lossy.unpack_settings(box.settings)
     if len(prior.lo) != self.tables().latent_dim:
       raise UserError(f"{name}: corrupt (the lossy prior has {len(prior.lo)} dimensions)")
     tables = self.tables()
     compile_seconds = self._warm_lossy(tables, batch)
     start = time.perf_counter()
     q = lossy.decode_symbols(container.bytes_to_words(box.payload, name), prior, box.count)
-    decoded, _ = lossy.reconstruct(tables, q, step, batch)
+    decoded, _ = lossy.reconstruct(tables, q, lossy.dimension_steps(step, scales), batch)
     return decoded.reshape((box.count,) + IMAGE_SHAPE), compile_seconds, time.perf_counter() - start
 
   # ------------------------------------------------------------ either

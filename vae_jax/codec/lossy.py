@@ -1,11 +1,15 @@
 """Lossy coding: the posterior mean, uniformly quantized, under a factorized discretized Gaussian.
 
-The encoder quantizes each image's code (the posterior mean; a deterministic autoencoder's z) to
-integers q = round(mean / step), fits one discretized Gaussian per latent dimension to them (its
-mean, standard deviation and symbol range go into the header, as float16 and int16), and pushes
-every q through the same ANS coder as the lossless mode. The decoder pops them, and decodes
-q * step to the decoder's most probable image (pixel = 1 where the logit is > 0). A dimension whose
-symbols are all equal costs no bits. `encode_symbols`/`decode_symbols` code any integer matrix
+The encoder quantizes each image's code (the posterior mean; a deterministic autoencoder's z)
+dimension by dimension to integers q_d = round(mean_d / (step * s_d)), where s_d is dimension d's
+posterior standard deviation averaged over the coded images (1 for a deterministic model): the
+step is measured in the model's own uncertainty, so dimensions the decoder hardly uses get coarse
+steps (at equal rate this made about a third fewer pixel errors than one step for all dimensions,
+on MNIST with the tutorial model). It fits one discretized Gaussian per dimension to the q (its
+mean, standard deviation and symbol range go into the header with s_d, as float16 and int16) and
+pushes every q through the same ANS coder as the lossless mode. The decoder pops them and decodes
+q_d * step * s_d to the decoder's most probable image (pixel = 1 where the logit is > 0). A
+dimension whose symbols are all equal costs no bits. `encode_symbols`/`decode_symbols` code any integer matrix
 this way (the PCA baseline uses them too).
 """
 
@@ -103,28 +107,44 @@ def _batches(n: int, batch: int):
   return [(start, min(batch, n - start)) for start in range(0, n, batch)]
 
 
-def codes(tables: ModelTables, images: np.ndarray, step: float, batch: int) -> np.ndarray:
-  """round(mean / step) of every image, (N, latent_dim) int32."""
-  means = np.concatenate([tables.means(images[s:s + n], batch) for s, n in _batches(len(images), batch)])
-  return np.rint(means.astype(np.float64) / step).astype(np.int64)
+def codes(tables: ModelTables, images: np.ndarray, step: float, batch: int):
+  """(q (N, latent_dim) int64, scales s_d float16): every image's quantized posterior mean."""
+  outs = [tables.means(images[s:s + n], batch) for s, n in _batches(len(images), batch)]
+  means = np.concatenate([o[0] for o in outs]).astype(np.float64)
+  stds = np.concatenate([o[1] for o in outs]).astype(np.float64)
+  scales = np.maximum(stds.mean(0), 1e-3).astype(np.float16)
+  return np.rint(means / dimension_steps(step, scales)).astype(np.int64), scales
 
 
-def reconstruct(tables: ModelTables, q: np.ndarray, step: float, batch: int):
-  """The decoder's most probable images (N, pixels) at q * step, and their logits."""
-  z = (q.astype(np.float64) * step).astype(np.float32)
+def dimension_steps(step: float, scales: np.ndarray) -> np.ndarray:
+  """step * s_d in float64, from the header's float32 step and float16 scales."""
+  return float(np.float32(step)) * scales.astype(np.float64)
+
+
+def reconstruct(tables: ModelTables, q: np.ndarray, steps: np.ndarray, batch: int):
+  """The decoder's most probable images (N, pixels) at latents q * steps, and their logits."""
+  z = (q.astype(np.float64) * steps).astype(np.float32)
   outs = [tables.mode_image(z[s:s + n], batch) for s, n in _batches(len(z), batch)]
   return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
-def pack_settings(step: float, batch: int, prior: FactorizedPrior) -> bytes:
-  return struct.pack("<fH", step, batch) + prior.pack()
+def pack_settings(step: float, batch: int, scales: np.ndarray, prior: FactorizedPrior) -> bytes:
+  """step (float32), batch (uint16), dimension count (uint16), scales (float16 each), prior."""
+  return (struct.pack("<fHH", step, batch, len(scales)) + scales.astype("<f2").tobytes()
+          + prior.pack())
 
 
-def unpack_settings(raw: bytes) -> tuple[float, int, FactorizedPrior]:
-  if len(raw) < 6:
+def unpack_settings(raw: bytes) -> tuple[float, int, np.ndarray, FactorizedPrior]:
+  """(step, batch, scales, prior) from the header's lossy settings."""
+  if len(raw) < 8:
     raise UserError("corrupt file: lossy settings truncated")
-  step, batch = struct.unpack_from("<fH", raw)
-  prior, rest = FactorizedPrior.unpack(raw[6:])
-  if rest or not (np.isfinite(step) and step > 0 and batch >= 1):
+  step, batch, dims = struct.unpack_from("<fHH", raw)
+  if len(raw) < 8 + 2 * dims:
+    raise UserError("corrupt file: lossy settings truncated")
+  scales = np.frombuffer(raw, "<f2", dims, 8).astype(np.float16)
+  prior, rest = FactorizedPrior.unpack(raw[8 + 2 * dims:])
+  if rest or len(prior.lo) != dims or not (
+      np.isfinite(step) and step > 0 and batch >= 1
+      and np.all(np.isfinite(scales.astype(np.float64))) and np.all(scales > 0)):
     raise UserError("corrupt file: invalid lossy settings")
-  return float(step), batch, prior
+  return float(step), batch, scales, prior

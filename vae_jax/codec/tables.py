@@ -65,25 +65,22 @@ def bucket_centres(latent_bits: int) -> np.ndarray:
   return ndtri((np.arange(k) + 0.5) / k).astype(np.float32)
 
 
-def _bucket_sides(edge_values, outer):
-  """(value at each bucket's lower edge, at its upper edge), the outer edges set to -+outer."""
-  pad = jnp.full(edge_values.shape[:-1] + (1,), outer, edge_values.dtype)
-  return (jnp.concatenate([-pad, edge_values], -1), jnp.concatenate([edge_values, pad], -1))
-
-
 def _posterior_ints(graphdef, latent_bits, posterior_bits, state, x_u8):
   model = nnx.merge(graphdef, state)
   mean, logvar = model.encode(x_u8.astype(jnp.float32))
   mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
   edges = jnp.asarray(bucket_edges(latent_bits))
   u = (edges[None, None, :] - mean[..., None]) * jnp.exp(-0.5 * logvar)[..., None]  # (B, L, K-1)
-  # tail[i] = the smaller of Phi(u_i) and 1 - Phi(u_i), accurate in float32 in both tails.
-  tail = jax.scipy.special.ndtr(-jnp.abs(u))
-  lo_u, hi_u = _bucket_sides(u, jnp.inf)
-  lo_t, hi_t = _bucket_sides(tail, 0.0)
-  mass = jnp.where(hi_u <= 0, hi_t - lo_t,                     # below the mean: Phi(hi) - Phi(lo)
-                   jnp.where(lo_u >= 0, lo_t - hi_t,           # above: S(lo) - S(hi)
-                             1.0 - lo_t - hi_t))               # the bucket holding the mean
+  # tail = the smaller of Phi(u) and 1 - Phi(u), accurate in float32 in both tails. With
+  # g = Phi(u) below the mean and -(1 - Phi(u)) above it, a bucket's mass is the difference of g
+  # at its edges, plus 1 for the bucket holding the mean; the differences of `above` add that 1.
+  tail = 0.5 * jax.lax.erfc(jnp.abs(u) * np.float32(np.sqrt(0.5)))
+  above = u > 0
+  g = jnp.where(above, -tail, tail)
+  zeros, ones = jnp.zeros(u.shape[:-1] + (1,), u.dtype), jnp.ones(u.shape[:-1] + (1,), u.dtype)
+  g = jnp.concatenate([zeros, g, zeros], -1)                    # Phi(-inf) = 0, 1 - Phi(inf) = 0
+  steps = jnp.concatenate([zeros, above.astype(u.dtype), ones], -1)
+  mass = (g[..., 1:] - g[..., :-1]) + (steps[..., 1:] - steps[..., :-1])
   mass = jnp.clip(mass, 0.0, 1.0)
   k = 1 << latent_bits
   scale = np.float32((1 << posterior_bits) - k)
@@ -100,7 +97,9 @@ def _pixel_ints(graphdef, latent_bits, pixel_bits, state, z_index):
 
 def _means(graphdef, state, x_u8):
   model = nnx.merge(graphdef, state)
-  return model.encode(x_u8.astype(jnp.float32))[0].astype(jnp.float32)
+  mean, logvar = model.encode(x_u8.astype(jnp.float32))
+  std = jnp.ones_like(mean) if logvar is None else jnp.exp(0.5 * logvar)
+  return mean.astype(jnp.float32), std.astype(jnp.float32)
 
 
 def _mode_image(graphdef, state, z):
@@ -168,8 +167,9 @@ class ModelTables:
     """(b, pixels) int32: P(x = 1 | bucket centres) in units of 2^-pixel_bits."""
     return self._run("pixels", z_index.astype(np.int32), shape)
 
-  def means(self, x_u8: np.ndarray, shape: int) -> np.ndarray:
-    """(b, latent_dim) float32: the posterior mean (a deterministic model's code)."""
+  def means(self, x_u8: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
+    """(b, latent_dim) float32 posterior means and standard deviations (a deterministic
+    model's code, and ones)."""
     return self._run("means", x_u8, shape)
 
   def mode_image(self, z: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
