@@ -199,6 +199,13 @@ def _commit() -> str | None:
     return None
 
 
+def _same_data(spec: str, other: str) -> bool:
+  """Whether two --data spellings name the same source (idx: directories compared by real path)."""
+  if spec.startswith("idx:") and other.startswith("idx:"):
+    return os.path.realpath(spec[4:]) == os.path.realpath(other[4:])
+  return spec == other
+
+
 def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[str], out_dir: str,
         count: int | None, steps, pca_steps, command: str) -> dict:
   """Measures everything, writes report.json, report.md and rd.png into out_dir; returns the report."""
@@ -215,7 +222,7 @@ def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[st
   metrics_elbo = -metrics[-1]["test_elbo"] if metrics and "test_elbo" in metrics[-1] else None
   for i, spec in enumerate(data_specs):
     test = images_lib.load(spec, "test", count)
-    entry = {"data": spec, "images": len(test), "trained_on": spec == config.data}
+    entry = {"data": spec, "images": len(test), "trained_on": _same_data(spec, config.data)}
     print(f"{spec}: {len(test)} test images: classic codecs", file=sys.stderr)
     entry["baselines"] = {name: (None if b is None else {"bytes": b, "bits_per_pixel": _bpp(b, len(test))})
                           for name, b in baselines.measure(test).items()}

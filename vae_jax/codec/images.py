@@ -102,6 +102,12 @@ def check_new_output(path: str) -> None:
     raise UserError(f"{path} exists; choose a new output path")
 
 
+def _umask_mode(mode: int) -> int:
+  umask = os.umask(0)
+  os.umask(umask)
+  return mode & ~umask
+
+
 def write_decoded(out_dir: str, images01: np.ndarray) -> None:
   """IDX_NAME (0/255) and PREVIEW_NAME in out_dir, which appears complete or not at all."""
   check_new_output(out_dir)
@@ -111,6 +117,7 @@ def write_decoded(out_dir: str, images01: np.ndarray) -> None:
   try:
     write_idx(os.path.join(tmp, IDX_NAME), images01.astype(np.uint8) * 255)
     iio.imwrite(os.path.join(tmp, PREVIEW_NAME), preview(images01))
+    os.chmod(tmp, _umask_mode(0o777))  # mkdtemp's 0700 would hide the output from others
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)
     os.rename(tmp, out_dir)
@@ -130,6 +137,7 @@ def write_file(path: str, raw: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(raw)
+    os.chmod(tmp, _umask_mode(0o666))
     os.rename(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
