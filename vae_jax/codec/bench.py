@@ -79,6 +79,26 @@ def lossless(codec: Codec, images01: np.ndarray) -> dict:
           "compile_seconds": enc.compile_seconds + dec.compile_seconds}
 
 
+def adversarial_sets(test01: np.ndarray, n: int = 100) -> dict[str, np.ndarray]:
+  """Images unlike the training data, n of each kind, as (n, 28, 28, 1) {0,1}."""
+  shape = (n,) + test01.shape[1:]
+  checker = (np.indices(test01.shape[1:3]).sum(0) % 2).astype(np.uint8)[..., None]
+  return {"all black (0)": np.zeros(shape, np.uint8), "all white (1)": np.ones(shape, np.uint8),
+          "uniform noise": np.random.default_rng(0).integers(0, 2, shape, dtype=np.uint8),
+          "inverted test digits": 1 - test01[:n],
+          "checkerboards": np.broadcast_to(checker, shape).copy()}
+
+
+def adversarial(codec: Codec, test01: np.ndarray) -> dict[str, dict]:
+  rows = {}
+  for name, x in adversarial_sets(test01).items():
+    raw, _ = codec.encode_lossless(x)
+    decoded, _ = codec.decode(raw, "benchmark file")
+    rows[name] = {"images": len(x), "bytes": len(raw), "bits_per_pixel": _bpp(len(raw), len(x)),
+                  "exact": bool(np.array_equal(decoded, x))}
+  return rows
+
+
 def _bce(logits: np.ndarray, images01: np.ndarray) -> float:
   """Mean over images of -log p(x|z) in nats, from logits."""
   logits = logits.astype(np.float64)
@@ -246,6 +266,8 @@ def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[st
       entry["bound"]["metrics_nats"] = metrics_elbo
       entry["bound"]["metrics_bits_per_pixel"] = metrics_elbo / (PIXELS * LN2)
     if i == 0:
+      print(f"{spec}: adversarial images", file=sys.stderr)
+      entry["adversarial"] = adversarial(codec, test)
       print(f"{spec}: rate-distortion", file=sys.stderr)
       entry["lossy"] = lossy_curve(codec, test, steps)
       train = images_lib.load(spec, "train")
@@ -314,6 +336,13 @@ def markdown(report: dict) -> str:
               f"encode {bb['encode_images_per_sec']:,.0f} images/s, decode "
               f"{bb['decode_images_per_sec']:,.0f} images/s (compilation {bb['compile_seconds']:.1f} s "
               "apart).", ""]
+    if "adversarial" in entry:
+      lines += ["### Adversarial images (bits-back, each kind coded as its own file)", "",
+                "| images | count | bytes | bits/pixel | exact round trip |", "|---|---:|---:|---:|---|"]
+      for name, r in entry["adversarial"].items():
+        lines.append(f"| {name} | {r['images']} | {r['bytes']:,} | {r['bits_per_pixel']:.4f} | "
+                     f"{r['exact']} |")
+      lines.append("")
     if "lossy" in entry:
       lines += ["### Lossy: rate–distortion", "", "![rate-distortion](rd.png)", "",
                 "| codec | step | bits/image | pixel error rate | BCE nats/image | coded dims | decode = encoder's image |",
