@@ -149,10 +149,13 @@ class Codec:
       raise UserError(f"{name}: holds {box.image_shape} images; the model codes {IMAGE_SHAPE}")
     if box.count < 1:
       raise UserError(f"{name}: corrupt (image count {box.count})")
-    if box.mode == container.LOSSLESS:
-      images, compile_seconds, seconds = self._decode_lossless(box, name, show_progress)
-    else:
-      images, compile_seconds, seconds = self._decode_lossy(box, name)
+    try:
+      if box.mode == container.LOSSLESS:
+        images, compile_seconds, seconds = self._decode_lossless(box, name, show_progress)
+      else:
+        images, compile_seconds, seconds = self._decode_lossy(box, name)
+    except MemoryError:
+      raise UserError(f"{name}: {box.count} images do not fit in memory") from None
     if container.images_crc(images) != box.images_crc:
       raise UserError(f"{name}: the decoded images fail their CRC32: the model computes "
                       "differently here than where the file was made")
