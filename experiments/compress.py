@@ -1,0 +1,133 @@
+"""Compresses binary images with a trained VAE: lossless bits-back coding, or lossy.
+
+    python -m experiments.compress encode --model pretrained --data idx:../shared/data/mnist --out test.vjz
+    python -m experiments.compress decode test.vjz --model pretrained --out decoded/
+    python -m experiments.compress bench --model pretrained --data idx:../shared/data/mnist --out DIR
+    python -m experiments.compress export --workdir runs/tutorial --out vae_jax/pretrained/cvae_mnist
+
+--model is a run's workdir (its newest checkpoint) or `pretrained` (the tutorial model shipped in
+the package). Images are thresholded at 0.5. See README.md ("Compression").
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+from vae_jax import hugepages
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m experiments.compress", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  model_help = "a run's workdir, or 'pretrained' (shipped in the package)"
+  data_help = ("idx:DIR (a dataset's IDX files), idx:FILE (one images IDX file), png:DIR or a "
+               "directory of 28x28 PNGs, or tfds:NAME / mnist-5k")
+
+  enc = sub.add_parser("encode", help="images -> compressed file")
+  enc.add_argument("--model", required=True, help=model_help)
+  enc.add_argument("--data", required=True, help=data_help)
+  enc.add_argument("--split", default="test", choices=("train", "test"),
+                   help="which split of a dataset (default test)")
+  enc.add_argument("--count", type=int, help="only the first N images")
+  enc.add_argument("--out", required=True, help="the compressed file (never overwritten)")
+  enc.add_argument("--lossy", action="store_true",
+                   help="code only the quantized posterior mean (decodes to the most probable image)")
+  enc.add_argument("--step", type=float, default=1.0,
+                   help="--lossy quantization step, in units of each latent dimension's average "
+                        "posterior standard deviation (default 1)")
+  enc.add_argument("--quiet", action="store_true", help="no progress bar")
+
+  dec = sub.add_parser("decode", help="compressed file -> IDX images and a preview PNG")
+  dec.add_argument("file")
+  dec.add_argument("--model", required=True, help=model_help)
+  dec.add_argument("--out", required=True, help="new directory for images-idx3-ubyte.gz, preview.png")
+  dec.add_argument("--quiet", action="store_true", help="no progress bar")
+
+  bench = sub.add_parser("bench", help="bits-back vs classic codecs, and rate-distortion")
+  bench.add_argument("--model", required=True, help=model_help)
+  bench.add_argument("--data", required=True, action="append",
+                     help=data_help + "; repeat for more datasets (the first gets the lossy curve)")
+  bench.add_argument("--count", type=int, help="only the first N test images of each")
+  bench.add_argument("--steps", type=float, nargs="+", help="lossy steps")
+  bench.add_argument("--pca-steps", type=float, nargs="+", help="PCA quantization steps")
+  bench.add_argument("--out", required=True, help="new directory for report.md, report.json, rd.png")
+
+  exp = sub.add_parser("export", help="a run's newest checkpoint -> a model folder for the package")
+  exp.add_argument("--workdir", required=True)
+  exp.add_argument("--out", required=True)
+  exp.add_argument("--train-command", default="python -m experiments.mnist_vae",
+                   help="the command that trained the run, for the folder's README")
+  return p.parse_args(argv)
+
+
+def _encode(args) -> None:
+  from vae_jax import pretrained  # pylint: disable=import-outside-toplevel
+  from vae_jax.codec import files, images  # pylint: disable=import-outside-toplevel
+  images.check_new_output(args.out)
+  x = images.load(args.data, args.split, args.count)
+  config, model, _ = pretrained.resolve(args.model)
+  codec = files.Codec(model, config)
+  if args.lossy:
+    raw, report, _, _ = codec.encode_lossy(x, args.step, show_progress=not args.quiet)
+  else:
+    raw, report = codec.encode_lossless(x, show_progress=not args.quiet)
+  images.write_file(args.out, raw)
+  print(report.summary("encoded"))
+
+
+def _decode(args) -> None:
+  from vae_jax import pretrained  # pylint: disable=import-outside-toplevel
+  from vae_jax.codec import container, files, images  # pylint: disable=import-outside-toplevel
+  from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  images.check_new_output(args.out)
+  try:
+    with open(args.file, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise UserError(f"{args.file}: cannot read ({e.strerror})") from None
+  container.parse(raw, args.file)  # damage is reported before the model loads
+  config, model, _ = pretrained.resolve(args.model)
+  decoded, report = files.Codec(model, config).decode(raw, args.file, show_progress=not args.quiet)
+  images.write_decoded(args.out, decoded)
+  print(report.summary("decoded"))
+
+
+def _bench(args) -> None:
+  from vae_jax import pretrained  # pylint: disable=import-outside-toplevel
+  from vae_jax.codec import bench, images  # pylint: disable=import-outside-toplevel
+  images.check_new_output(args.out)
+  config, model, metrics = pretrained.resolve(args.model)
+  os.makedirs(args.out, exist_ok=True)
+  command = "python -m experiments.compress " + shlex.join(sys.argv[1:])
+  report = bench.run(args.model, config, model, metrics, args.data, args.out, args.count,
+                     args.steps or bench.DEFAULT_STEPS, args.pca_steps or bench.DEFAULT_PCA_STEPS,
+                     command)
+  for entry in report["datasets"]:
+    bb = entry["bits_back"]
+    print(f"{entry['data']}: {entry['images']} images, bits-back {bb['bits_per_pixel']:.4f} "
+          f"bits/pixel (exact {bb['exact']}), encode {bb['encode_images_per_sec']:.0f} images/s, "
+          f"decode {bb['decode_images_per_sec']:.0f} images/s")
+  print(f"wrote {os.path.join(args.out, 'report.md')}")
+
+
+def _export(args) -> None:
+  from vae_jax import pretrained  # pylint: disable=import-outside-toplevel
+  print(f"wrote {pretrained.export(args.workdir, args.out, args.train_command)}")
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  try:
+    {"encode": _encode, "decode": _decode, "bench": _bench, "export": _export}[args.command](args)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
+  sys.exit(main())
