@@ -127,7 +127,7 @@ def pca_curve(train01: np.ndarray, images01: np.ndarray, components: int, steps)
   try:
     from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise UserError("the PCA baseline needs scikit-learn: pip install 'vae_jax[bench]'") from None
+    raise UserError("the PCA baseline needs scikit-learn: pip install scikit-learn") from None
   pca = PCA(n_components=components, random_state=0).fit(train01.reshape(len(train01), -1))
   flat = images01.reshape(len(images01), -1)
   coefficients = pca.transform(flat.astype(np.float64))
