@@ -158,8 +158,9 @@ def make_train_step(graphdef, tx, config: Config, axis_name: str | None,
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       size = x_u8.shape[0] // parts
-      sums = [batch_sums(model, *(a[i * size:(i + 1) * size] for a in (x_u8, mask_B, key_B)),
-                         config, weight, x_input[i * size:(i + 1) * size], train=True)
+      part = lambda a, i: a[i * size:(i + 1) * size]
+      sums = [batch_sums(model, part(x_u8, i), part(mask_B, i), part(key_B, i), config, weight,
+                         part(x_input, i), train=True)
               for i in range(parts)]
       sums = jax.tree.map(lambda *s: functools.reduce(jnp.add, s), *sums)
       # Local sum over the global count: summing the devices' gradients gives the global mean's.
