@@ -121,7 +121,8 @@ class Config:
     defaults = Config()
     for name in candidates:
       if name not in used and getattr(self, name) != getattr(defaults, name):
-        reads = ", ".join(_flag(n) for n in candidates if n in used) or f"none of {', '.join(map(_flag, candidates))}"
+        reads = (", ".join(_flag(n) for n in candidates if n in used)
+                 or f"none of {', '.join(map(_flag, candidates))}")
         raise UserError(f"{_flag(name)} does not apply to {who}, which reads {reads}")
 
 

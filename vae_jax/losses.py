@@ -1,4 +1,4 @@
-"""The terms of the objectives: log densities, KL divergences, reconstruction errors; pure functions of model outputs."""
+"""The objectives' terms: log densities, KL divergences, reconstruction errors, of model outputs."""
 
 import math
 

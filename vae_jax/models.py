@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vae_jax import layers
+from vae_jax.config import Config
 from vae_jax.errors import UserError
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -52,12 +53,12 @@ def get_model_class(name: str) -> type["Model"]:
   return MODELS[name]
 
 
-def create_model(config, key: jax.Array) -> "Model":
+def create_model(config: Config, key: jax.Array) -> "Model":
   """The model named config.model, its parameters initialized from `key`."""
   return get_model_class(config.model).from_config(config, nnx.Rngs(params=key))
 
 
-def _dtype(config):
+def _dtype(config: Config):
   return jnp.bfloat16 if config.dtype == "bfloat16" else None
 
 
@@ -70,7 +71,8 @@ class Model(nnx.Module):
   latent_dim: int
 
   @classmethod
-  def from_config(cls, config, rngs: nnx.Rngs) -> "Model":
+  def from_config(cls, config: Config, rngs: nnx.Rngs) -> "Model":
+    """The model for a run's settings, its parameters drawn from rngs."""
     raise NotImplementedError
 
   def encode(self, x_BHWC):

@@ -13,21 +13,22 @@ free bits were in training.
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from vae_jax import losses, models
+from vae_jax.config import Config
 from vae_jax.errors import UserError
 
 
 class Context(NamedTuple):
   """What an objective gets besides the model, the batch and the keys."""
-  config: Any               # the run's Config: the objective's hyperparameters
-  kl_weight: Any            # float or traced scalar: beta times the KL warm-up factor (1 in evaluation)
-  x_input: jax.Array        # what the encoder sees: x, or x with pixels flipped (--denoise)
-  train: bool               # True inside the training step (free bits apply only there)
+  config: Config                # the run's settings: the objective's hyperparameters
+  kl_weight: float | jax.Array  # beta times the KL warm-up factor (1 in evaluation)
+  x_input: jax.Array            # what the encoder sees: x, or x with pixels flipped (--denoise)
+  train: bool                   # True inside the training step (free bits apply only there)
 
 
 ObjectiveFn = Callable[[models.Model, jax.Array, jax.Array, Context], dict[str, jax.Array]]
