@@ -3,7 +3,12 @@
     python -m experiments.mnist_vae --data idx:../shared/data/mnist --workdir runs/mnist
 
 Defaults reproduce the TensorFlow tutorial (latent 50, batch 100, Adam 1e-4, 100 epochs; it
-printed a test-set ELBO of -78.33). See README.md for the outputs written to --workdir.
+printed a test-set ELBO of -78.33). Other models, objectives and binarizations by name, e.g. the
+IWAE paper's setting:
+
+    python -m experiments.mnist_vae --model mlp --objective iwae --iw-samples 5 --binarize dynamic ...
+
+See README.md for every flag and the outputs written to --workdir.
 """
 
 import argparse
