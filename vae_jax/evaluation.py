@@ -50,16 +50,6 @@ def default_batch(backend: str) -> int:
   return 1 if backend == "cpu" else 20
 
 
-def binarized_test_images(images_u8: np.ndarray, method: str) -> np.ndarray:
-  """The run's fixed binarized test set (uint8 {0, 1})."""
-  if hasattr(data_lib, "binarized_test"):
-    return data_lib.binarized_test(images_u8, method)
-  if method != "threshold":
-    raise UserError(f"binarization {method!r} needs vae_jax.data.binarized_test, which this "
-                    "version of vae_jax lacks")
-  return data_lib.binarize(images_u8)
-
-
 def report_path(workdir: str, settings: dict, force: bool) -> str:
   """Where this evaluation's report goes; refuses to replace an existing one unless `force`."""
   path = os.path.join(workdir, REPORT_FILE)
@@ -144,8 +134,8 @@ def evaluate_run(workdir: str, settings: Settings, force: bool = False) -> tuple
   config, epoch, model = run.restore_model(workdir)
   spec = settings.data or config.data
   dataset = data_lib.load(spec)
-  method = getattr(config, "binarize", "threshold")
-  test_x = binarized_test_images(dataset.test_images, method)
+  method = config.binarize
+  test_x = data_lib.binarized_test(dataset.test_images, method)
   n = len(test_x) if settings.test_size is None else settings.test_size
   if n > len(test_x):
     raise UserError(f"--test-size {n} is larger than the {len(test_x)} test images of "
@@ -166,7 +156,7 @@ def evaluate_run(workdir: str, settings: Settings, force: bool = False) -> tuple
     timing["latent_samples_per_sec"] = n * settings.iw_samples / seconds
   device = jax.devices()[0]
   report = {
-      "settings": {**identity, "model": getattr(config, "model", "cvae"),
+      "settings": {**identity, "model": config.model,
                    "stochastic": stochastic, "chunk": min(settings.chunk, settings.iw_samples),
                    "batch": batch, "pixels": pixels},
       "results": results,

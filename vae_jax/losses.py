@@ -1,7 +1,8 @@
-"""The seed's Monte Carlo ELBO and an analytic-KL variant; pure functions of model outputs."""
+"""The objectives' terms: log densities, KL divergences, reconstruction errors, of model outputs."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -20,14 +21,34 @@ def bernoulli_log_likelihood(x_logits, x):
   return -jnp.sum(cross_ent.reshape(cross_ent.shape[0], -1), axis=-1)
 
 
-def kl_mc(z, mean, logvar):
-  """One-sample estimate of KL(q(z|x) || N(0, I)): log q(z|x) - log p(z), per example."""
-  return log_normal_pdf(z, mean, logvar) - log_normal_pdf(z, 0.0, 0.0)
+def kl_mc(z, mean, logvar, axis=-1):
+  """One-sample estimate of KL(q(z|x) || N(0, I)): log q(z|x) - log p(z), per example.
+
+  Summed over `axis`; axis=() gives each latent dimension's term.
+  """
+  return log_normal_pdf(z, mean, logvar, axis) - log_normal_pdf(z, 0.0, 0.0, axis)
 
 
-def kl_analytic(mean, logvar):
-  """KL(N(mean, exp(logvar)) || N(0, I)) = 1/2 sum(exp(logvar) + mean^2 - 1 - logvar), per example."""
-  return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
+def kl_analytic(mean, logvar, axis=-1):
+  """KL(N(mean, exp(logvar)) || N(0, I)) = 1/2 sum(exp(logvar) + mean^2 - 1 - logvar), per example.
+
+  Summed over `axis`; axis=() gives each latent dimension's term.
+  """
+  return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=axis)
+
+
+def _per_example_sum(a):
+  return jnp.sum(a.reshape(a.shape[0], -1), axis=-1)
+
+
+def squared_error(x_logits, x):
+  """sum over pixels of (sigmoid(logits) - x)^2, per example."""
+  return _per_example_sum((jax.nn.sigmoid(x_logits.astype(jnp.float32)) - x) ** 2)
+
+
+def absolute_error(x_logits, x):
+  """sum over pixels of |sigmoid(logits) - x|, per example."""
+  return _per_example_sum(jnp.abs(jax.nn.sigmoid(x_logits.astype(jnp.float32)) - x))
 
 
 def negative_elbo_terms(x_logits, x, z, mean, logvar, kl: str = "mc"):

@@ -1,273 +1,98 @@
-"""The seed's convolutional VAE in Flax NNX, its convolutions as exact GEMMs with custom VJPs."""
+"""The models by name: the seed's convolutional VAE, a fully connected VAE and two autoencoders.
 
-from typing import Literal
+Every model is an `nnx.Module` with one small interface, so training, evaluation, sampling and
+compression work on any of them:
+
+  latent_dim          the size of the code z
+  stochastic          True for VAEs (q(z|x) a diagonal Gaussian), False for autoencoders
+  encode(x_BHWC)      VAEs: (mean, logvar), each (batch, latent_dim); autoencoders: (z, None)
+  decode(z_BxL)       Bernoulli logits of p(x|z), (batch, 28, 28, 1); probabilities with
+                      apply_sigmoid=True
+  sample(key, n)      decoded probabilities of z ~ N(0, I) (for autoencoders only a picture)
+
+A model registers under a name with `@register_model(name)` (from any module, also outside the
+package) on a `Model` subclass that builds itself from the run's Config in `from_config`.
+"""
+
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vae_jax import layers
+from vae_jax.config import Config
+from vae_jax.errors import UserError
+
 IMAGE_SHAPE = (28, 28, 1)
+IMAGE_SIZE = 28 * 28
 # Keras' default initializers, so a fresh model is distributed like the TensorFlow original.
 _KERNEL_INIT = nnx.initializers.glorot_uniform()
 _BIAS_INIT = nnx.initializers.zeros_init()
 
 ConvTransposeImpl = Literal["gemm", "xla"]
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh, "relu": jax.nn.relu, "softplus": jax.nn.softplus, "elu": jax.nn.elu}
+
+MODELS: dict[str, type["Model"]] = {}
 
 
-# Exact GEMM forms of the model's convolutions. XLA:CPU runs a transposed convolution as a
-# convolution of the zero-dilated input and computes its kernel gradient slowly (jax issues #23783,
-# #31662); these forms do the same arithmetic as matrix products over kernel taps or input
-# windows, each with a custom VJP whose backward pass is one matmul per gradient. Bias and ReLU sit
-# inside, so XLA fuses them with the layout passes instead of making passes of their own.
-
-def _zero(dtype):
-  return jnp.zeros((), dtype)
-
-
-def _rows_contracted(a_2d, b_2d):
-  """a_2d^T @ b_2d, contracting the (long) row axis of both, with neither transpose materialized.
-
-  A kernel gradient. XLA:CPU runs the plain dot (Eigen) faster inside the training step than a
-  materialized transpose fed to YNNPACK: XLA's transpose pass was the slow part.
-  """
-  return jax.lax.dot_general(a_2d, b_2d, (((0,), (0,)), ((), ())))
+def register_model(name: str):
+  """Class decorator: makes a `Model` subclass available as Config(model=name) / --model name."""
+  def register(cls):
+    if name in MODELS:
+      raise ValueError(f"a model named {name!r} is already registered ({MODELS[name].__name__})")
+    MODELS[name] = cls
+    return cls
+  return register
 
 
-def _relu_mask(dy, y, relu: bool):
-  return jnp.where(y > 0, dy, _zero(dy.dtype)) if relu else dy
+def get_model_class(name: str) -> type["Model"]:
+  if name not in MODELS:
+    raise UserError(f"--model {name!r} is not registered; known: {', '.join(sorted(MODELS))}")
+  return MODELS[name]
 
 
-def _windows(x, size: int, stride: int, out_hw):
-  """(n, ho, wo, size, size, c): x[n, stride*i + r, stride*j + s, c] for the window offsets r, s.
-
-  One nested stack of strided slices, which XLA:CPU fuses into one pass (a flat stack of nine
-  slices is not fused: each slice is copied first).
-  """
-  ho, wo = out_hw
-  return jnp.stack([jnp.stack([x[:, r:r + stride * (ho - 1) + 1:stride, s:s + stride * (wo - 1) + 1:stride]
-                               for s in range(size)], axis=3) for r in range(size)], axis=3)
+def create_model(config: Config, key: jax.Array) -> "Model":
+  """The model named config.model, its parameters initialized from `key`."""
+  return get_model_class(config.model).from_config(config, nnx.Rngs(params=key))
 
 
-# -- VALID convolution (the encoder): one GEMM over the input's windows.
-
-def _patch_conv_apply(x, kernel, bias, stride):
-  kh, kw, c_in, c_out = kernel.shape
-  n, h, w, _ = x.shape
-  ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-  assert kh == kw, kernel.shape
-  patches = _windows(x, kh, stride, (ho, wo)).reshape(n * ho * wo, kh * kw * c_in)
-  y = jnp.maximum(jnp.dot(patches, kernel.reshape(-1, c_out)) + bias.reshape(1, c_out), 0)
-  return patches, y.reshape(n, ho, wo, c_out)
+def _dtype(config: Config):
+  return jnp.bfloat16 if config.dtype == "bfloat16" else None
 
 
-def _patch_conv_fwd(x, kernel, bias, stride):
-  patches, y = _patch_conv_apply(x, kernel, bias, stride)
-  return y, (x, patches, kernel, y)
+class Model(nnx.Module):
+  """The interface of every registered model; subclasses define encode and decode_logits."""
+  stochastic: bool = True
+  # Config fields the model reads besides latent_dim and dtype: setting any other
+  # architecture field away from its default is refused at validation (see Config.validate).
+  settings: tuple[str, ...] = ()
+  latent_dim: int
 
-
-def _patch_conv_bwd(stride, residuals, dy):
-  x, patches, kernel, y = residuals
-  dy = _relu_mask(dy, y, True)
-  dy_2d = dy.reshape(-1, kernel.shape[-1])
-  dkernel = _rows_contracted(patches, dy_2d).reshape(kernel.shape)
-  _, conv_vjp = jax.vjp(lambda x_: jax.lax.conv_general_dilated(
-      x_, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
-  dx, = conv_vjp(dy)  # XLA's own input gradient is fast; unused (and dropped) for the first layer
-  return dx, dkernel, jnp.sum(dy_2d, axis=0)
-
-
-def _patch_conv_fwd_core(x, kernel, bias, stride):
-  return _patch_conv_apply(x, kernel, bias, stride)[1]
-
-
-_patch_conv = jax.custom_vjp(_patch_conv_fwd_core, nondiff_argnums=(3,))
-_patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
-
-
-def patch_conv_relu(x, kernel, bias, stride: int):
-  """relu(VALID convolution + bias), as nnx.Conv(padding="VALID") then relu, as one GEMM.
-
-  The forward pass multiplies the input's windows (patches) by the kernel; the kernel gradient
-  is patches^T @ dy, where XLA:CPU's own dilated-window convolution is several times slower.
-  """
-  return _patch_conv(x, kernel.astype(x.dtype), bias.astype(x.dtype), stride)
-
-
-# -- Stride-2, SAME, 3x3 transposed convolution: four output phases of tap matmuls.
-# With lax.conv_transpose's SAME padding, output row 2m takes kernel row 0 from input row m-1 and
-# row 2 from input row m; output row 2m+1 takes row 1 from input row m (columns alike).
-# _PHASE_TAPS[phase] = ((kernel index, shift), ...): output pixel m of that phase adds the
-# product of input pixel m - shift with that kernel tap.
-_PHASE_TAPS = {0: ((0, 1), (2, 0)), 1: ((1, 0),)}
-
-
-def _shift_down(a, sh: int, sw: int):
-  """b[:, i, j] = a[:, i - sh, j - sw], zero where that is outside a."""
-  return jax.lax.pad(a, _zero(a.dtype), ((0, 0, 0), (sh, -sh, 0), (sw, -sw, 0), (0, 0, 0)))
-
-
-def _phase_fwd_core(x, kernel, bias, relu):
-  n, h, w, c_in = x.shape
-  c_out = kernel.shape[-1]
-  # All nine taps' products in one GEMM: (n, h, w, kh, kw, c_out).
-  taps = jnp.dot(x.reshape(-1, c_in), kernel.transpose(2, 0, 1, 3).reshape(c_in, 9 * c_out))
-  taps = taps.reshape(n, h, w, 3, 3, c_out)
-
-  def phase(a, b):
-    y = sum(_shift_down(taps[:, :, :, kh, kw], sh, sw)
-            for kh, sh in _PHASE_TAPS[a] for kw, sw in _PHASE_TAPS[b]) + bias.reshape(1, 1, 1, -1)
-    return jnp.maximum(y, 0) if relu else y
-
-  y = jnp.stack([phase(a, b) for a in range(2) for b in range(2)], axis=3)
-  return y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
-
-
-def _phase_fwd(x, kernel, bias, relu):
-  y = _phase_fwd_core(x, kernel, bias, relu)
-  return y, (x, kernel, y)
-
-
-def _phase_bwd(relu, residuals, dy):
-  """Input pixel i reaches output rows 2i + r (r = 0, 1, 2) through kernel row 2 - r (columns
-  alike), so both gradients are GEMMs over dy's 3x3 stride-2 windows with the flipped kernel."""
-  x, kernel, y = residuals
-  n, h, w, c_in = x.shape
-  c_out = kernel.shape[-1]
-  dy = jnp.pad(_relu_mask(dy, y, relu), ((0, 0), (0, 2), (0, 2), (0, 0)))  # row 2h reads zeros
-  windows = _windows(dy, 3, 2, (h, w)).reshape(n * h * w, 9 * c_out)      # (r, s, c_out)
-  flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9 * c_out, c_in)
-  dx = jnp.dot(windows, flipped).reshape(x.shape)
-  # The kernel gradient x^T @ windows, with a column of ones beside x: its row of the product sums
-  # the windows, and those with offsets r, s < 2 cover every dy value once, giving the bias
-  # gradient without another pass over dy.
-  x_ones = jnp.concatenate([x.reshape(-1, c_in), jnp.ones((n * h * w, 1), x.dtype)], axis=1)
-  dflipped = _rows_contracted(x_ones, windows).reshape(c_in + 1, 3, 3, c_out)
-  dbias = jnp.sum(dflipped[c_in, :2, :2], axis=(0, 1))
-  return dx, dflipped[:c_in].transpose(1, 2, 0, 3)[::-1, ::-1], dbias
-
-
-_phase_conv_transpose = jax.custom_vjp(_phase_fwd_core, nondiff_argnums=(3,))
-_phase_conv_transpose.defvjp(_phase_fwd, _phase_bwd)
-
-
-def phase_conv_transpose(x, kernel, bias, relu: bool = False):
-  """Stride-2, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) + bias [+ relu].
-
-  One GEMM gives every input pixel's product with all nine kernel taps; each of the four output
-  phases (even/odd rows and columns) sums at most four of them, shifted by at most one pixel,
-  and the phases are interleaved. No multiplication by the zeros XLA's dilated form inserts.
-  """
-  assert kernel.shape[:2] == (3, 3), kernel.shape
-  return _phase_conv_transpose(x, kernel.astype(x.dtype), bias.astype(x.dtype), relu)
-
-
-# -- Stride-1, SAME, 3x3 transposed convolution with few output channels (the decoder's last layer).
-
-def _shift(a, dh: int, dw: int):
-  """b[..., i, j] = a[..., i + dh, j + dw] over the last two axes, zero outside a."""
-  pads = [(0, 0, 0)] * (a.ndim - 2) + [(-dh, dh, 0), (-dw, dw, 0)]
-  return jax.lax.pad(a, _zero(a.dtype), pads)
-
-
-def _tap_fwd_core(x, kernel):
-  n, h, w, c_in = x.shape
-  c_out = kernel.shape[-1]
-  # taps[kh, kw, co, n, h, w]: pixels last, so the shifted sum runs along contiguous rows.
-  taps = jax.lax.dot_general(kernel.transpose(0, 1, 3, 2).reshape(9 * c_out, c_in),
-                             x.reshape(-1, c_in), (((1,), (1,)), ((), ())))
-  taps = taps.reshape(3, 3, c_out, n, h, w)
-  # lax.conv_transpose (stride 1, SAME): output pixel o takes tap k from input o + k - 1.
-  y = sum(_shift(taps[kh, kw], kh - 1, kw - 1) for kh in range(3) for kw in range(3))
-  return y.transpose(1, 2, 3, 0)
-
-
-def _tap_fwd(x, kernel):
-  return _tap_fwd_core(x, kernel), (x, kernel)
-
-
-def _tap_bwd(residuals, dy):
-  x, kernel = residuals
-  c_in, c_out = kernel.shape[2:]
-  dy = dy.transpose(3, 0, 1, 2)  # (c_out, n, h, w)
-  # Tap k's product at input pixel p landed on output p - (k - 1).
-  dtaps = [_shift(dy, 1 - kh, 1 - kw) for kh in range(3) for kw in range(3)]
-  # The input gradient elementwise (9 * c_out products per value): XLA fuses it with the ReLU
-  # gradient of the layer below instead of running a GEMM with a contraction of 9.
-  dx = sum(dtaps[3 * kh + kw][..., None] * kernel[kh, kw].T.reshape(c_out, 1, 1, 1, c_in)
-           for kh in range(3) for kw in range(3)).sum(axis=0)
-  dkernel = jnp.dot(jnp.stack(dtaps).reshape(9 * c_out, -1), x.reshape(-1, c_in))
-  return dx, dkernel.reshape(3, 3, c_out, c_in).transpose(0, 1, 3, 2)
-
-
-_tap_conv_transpose = jax.custom_vjp(_tap_fwd_core)
-_tap_conv_transpose.defvjp(_tap_fwd, _tap_bwd)
-
-
-def tap_matmul_conv_transpose(x, kernel, bias):
-  """Stride-1, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) + bias.
-
-  One GEMM multiplies every input pixel by all nine taps and the shifted products are added;
-  XLA's own convolution is slow here because the layer has a single output channel.
-  """
-  assert kernel.shape[:2] == (3, 3), kernel.shape
-  y = _tap_conv_transpose(x, kernel.astype(x.dtype))
-  return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
-
-
-class CVAE(nnx.Module):
-  """Convolutional VAE of the TensorFlow tutorial: q(z|x) diagonal Gaussian, p(x|z) Bernoulli logits."""
-
-  def __init__(self, latent_dim: int = 50, *, rngs: nnx.Rngs,
-               conv_transpose: ConvTransposeImpl = "gemm", dtype=None):
-    if latent_dim < 1:
-      raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
-    if conv_transpose not in ("gemm", "xla"):
-      raise ValueError(f"conv_transpose must be 'gemm' or 'xla', got {conv_transpose!r}")
-    self.latent_dim = latent_dim
-    self.conv_transpose = conv_transpose
-    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, dtype=dtype, rngs=rngs)
-    self.enc_conv1 = nnx.Conv(1, 32, (3, 3), strides=2, padding="VALID", **init)
-    self.enc_conv2 = nnx.Conv(32, 64, (3, 3), strides=2, padding="VALID", **init)
-    self.enc_dense = nnx.Linear(6 * 6 * 64, 2 * latent_dim, **init)
-    self.dec_dense = nnx.Linear(latent_dim, 7 * 7 * 32, **init)
-    self.dec_deconv1 = nnx.ConvTranspose(32, 64, (3, 3), strides=2, padding="SAME", **init)
-    self.dec_deconv2 = nnx.ConvTranspose(64, 32, (3, 3), strides=2, padding="SAME", **init)
-    self.dec_deconv3 = nnx.ConvTranspose(32, 1, (3, 3), strides=1, padding="SAME", **init)
-
-  def _conv_relu(self, layer, h):
-    if self.conv_transpose == "xla":
-      return nnx.relu(layer(h))
-    return patch_conv_relu(h, layer.kernel[...], layer.bias[...], 2)
+  @classmethod
+  def from_config(cls, config: Config, rngs: nnx.Rngs) -> "Model":
+    """The model for a run's settings, its parameters drawn from rngs."""
+    raise NotImplementedError
 
   def encode(self, x_BHWC):
-    """Returns (mean, logvar) of q(z|x), each (batch, latent_dim)."""
-    h = self._conv_relu(self.enc_conv1, x_BHWC)
-    h = self._conv_relu(self.enc_conv2, h)
-    h = self.enc_dense(h.reshape(h.shape[0], -1))
-    mean, logvar = jnp.split(h, 2, axis=-1)
-    return mean, logvar
+    """VAEs: (mean, logvar) of q(z|x); autoencoders: (z, None)."""
+    raise NotImplementedError
 
-  def _deconv(self, layer, h, stride: int, relu: bool):
-    if self.conv_transpose == "xla":
-      h = layer(h)
-      return nnx.relu(h) if relu else h
-    if stride == 2:
-      return phase_conv_transpose(h, layer.kernel[...], layer.bias[...], relu)
-    assert not relu
-    return tap_matmul_conv_transpose(h, layer.kernel[...], layer.bias[...])
+  def decode_logits(self, z_BxL):
+    """Bernoulli logits of p(x|z), (batch, 28, 28, 1)."""
+    raise NotImplementedError
 
   def decode(self, z_BxL, apply_sigmoid: bool = False):
     """Returns Bernoulli logits of p(x|z), (batch, 28, 28, 1); probabilities with apply_sigmoid."""
-    h = nnx.relu(self.dec_dense(z_BxL)).reshape(-1, 7, 7, 32)
-    h = self._deconv(self.dec_deconv1, h, 2, relu=True)
-    h = self._deconv(self.dec_deconv2, h, 2, relu=True)
-    x_logits = self._deconv(self.dec_deconv3, h, 1, relu=False)
+    x_logits = self.decode_logits(z_BxL)
     return nnx.sigmoid(x_logits) if apply_sigmoid else x_logits
 
   def __call__(self, x_BHWC, eps_BxL):
-    """Encodes, reparameterizes with the given noise, decodes: (x_logits, z, mean, logvar)."""
+    """Encodes, reparameterizes with the given noise (the autoencoders' code is used as it is),
+    decodes: (x_logits, z, mean, logvar)."""
     mean, logvar = self.encode(x_BHWC)
-    z = reparameterize_with_eps(eps_BxL, mean, logvar)
+    z = reparameterize_with_eps(eps_BxL, mean, logvar) if self.stochastic else mean
     return self.decode(z), z, mean, logvar
 
   def sample(self, key=None, n: int = 100, eps_BxL=None):
@@ -277,6 +102,148 @@ class CVAE(nnx.Module):
         raise ValueError("sample needs a jax.random key or eps_BxL")
       eps_BxL = jax.random.normal(key, (n, self.latent_dim))
     return self.decode(eps_BxL, apply_sigmoid=True)
+
+
+def _check_latent_dim(latent_dim: int) -> None:
+  if latent_dim < 1:
+    raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+
+
+class _ConvNets(Model):
+  """The tutorial's two Sequentials; the encoder's dense layer has `code_size` outputs."""
+  settings = ("conv_transpose",)
+
+  def __init__(self, latent_dim: int, code_size: int, *, rngs: nnx.Rngs,
+               conv_transpose: ConvTransposeImpl, dtype):
+    _check_latent_dim(latent_dim)
+    if conv_transpose not in ("gemm", "xla"):
+      raise ValueError(f"conv_transpose must be 'gemm' or 'xla', got {conv_transpose!r}")
+    self.latent_dim = latent_dim
+    self.conv_transpose = conv_transpose
+    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, dtype=dtype, rngs=rngs)
+    conv = dict(impl=conv_transpose, **init)
+    relu = jax.nn.relu
+    # inference_net: Conv2D(32, 3, 2, relu), Conv2D(64, 3, 2, relu), Flatten, Dense(code_size)
+    self.enc_conv1 = layers.GemmConv(1, 32, (3, 3), 2, padding="VALID", activation=relu, **conv)
+    self.enc_conv2 = layers.GemmConv(32, 64, (3, 3), 2, padding="VALID", activation=relu, **conv)
+    self.enc_dense = nnx.Linear(6 * 6 * 64, code_size, **init)
+    # generative_net: Dense(7*7*32, relu), Reshape, Conv2DTranspose(64, 3, 2, relu),
+    # Conv2DTranspose(32, 3, 2, relu), Conv2DTranspose(1, 3, 1)
+    self.dec_dense = nnx.Linear(latent_dim, 7 * 7 * 32, **init)
+    self.dec_deconv1 = layers.GemmConvTranspose(32, 64, (3, 3), 2, padding="SAME",
+                                                activation=relu, **conv)
+    self.dec_deconv2 = layers.GemmConvTranspose(64, 32, (3, 3), 2, padding="SAME",
+                                                activation=relu, **conv)
+    self.dec_deconv3 = layers.GemmConvTranspose(32, 1, (3, 3), 1, padding="SAME", **conv)
+
+  @classmethod
+  def from_config(cls, config, rngs: nnx.Rngs):
+    return cls(config.latent_dim, rngs=rngs, conv_transpose=config.conv_transpose,
+               dtype=_dtype(config))
+
+  def _code(self, x_BHWC):
+    return layers.sequential(x_BHWC, self.enc_conv1, self.enc_conv2, layers.flatten,
+                             self.enc_dense)
+
+  def decode_logits(self, z_BxL):
+    return layers.sequential(z_BxL, self.dec_dense, jax.nn.relu, layers.reshape(7, 7, 32),
+                             self.dec_deconv1, self.dec_deconv2, self.dec_deconv3)
+
+
+@register_model("cvae")
+class CVAE(_ConvNets):
+  """Convolutional VAE of the TensorFlow tutorial: q(z|x) diagonal Gaussian, p(x|z) Bernoulli logits."""
+
+  def __init__(self, latent_dim: int = 50, *, rngs: nnx.Rngs,
+               conv_transpose: ConvTransposeImpl = "gemm", dtype=None):
+    super().__init__(latent_dim, 2 * latent_dim, rngs=rngs, conv_transpose=conv_transpose,
+                     dtype=dtype)
+
+  def encode(self, x_BHWC):
+    """Returns (mean, logvar) of q(z|x), each (batch, latent_dim)."""
+    mean, logvar = jnp.split(self._code(x_BHWC), 2, axis=-1)
+    return mean, logvar
+
+
+@register_model("conv_ae")
+class ConvAE(_ConvNets):
+  """The seed's encoder and decoder around one deterministic latent vector."""
+  stochastic = False
+
+  def __init__(self, latent_dim: int = 50, *, rngs: nnx.Rngs,
+               conv_transpose: ConvTransposeImpl = "gemm", dtype=None):
+    super().__init__(latent_dim, latent_dim, rngs=rngs, conv_transpose=conv_transpose,
+                     dtype=dtype)
+
+  def encode(self, x_BHWC):
+    """Returns (z, None): the code, (batch, latent_dim)."""
+    return self._code(x_BHWC), None
+
+
+class _MLPNets(Model):
+  """784 - hidden_sizes - code_size encoder, latent_dim - reversed(hidden_sizes) - 784 decoder."""
+  settings = ("hidden_sizes", "activation")
+
+  def __init__(self, latent_dim: int, code_size: int, hidden_sizes, activation: str, *,
+               rngs: nnx.Rngs, dtype):
+    _check_latent_dim(latent_dim)
+    if not hidden_sizes or min(hidden_sizes) < 1:
+      raise ValueError(f"hidden_sizes must be positive sizes, got {hidden_sizes}")
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    self.latent_dim = latent_dim
+    self.activation = activation
+    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, dtype=dtype, rngs=rngs)
+    sizes = (IMAGE_SIZE, *hidden_sizes)
+    self.enc_hidden = nnx.List([nnx.Linear(a, b, **init) for a, b in zip(sizes, sizes[1:])])
+    self.enc_out = nnx.Linear(sizes[-1], code_size, **init)
+    sizes = (latent_dim, *reversed(hidden_sizes))
+    self.dec_hidden = nnx.List([nnx.Linear(a, b, **init) for a, b in zip(sizes, sizes[1:])])
+    self.dec_out = nnx.Linear(sizes[-1], IMAGE_SIZE, **init)
+
+  @classmethod
+  def from_config(cls, config, rngs: nnx.Rngs):
+    return cls(config.latent_dim, hidden_sizes=tuple(config.hidden_sizes),
+               activation=config.activation, rngs=rngs, dtype=_dtype(config))
+
+  def _mlp(self, h, hidden, out):
+    act = ACTIVATIONS[self.activation]
+    return layers.sequential(h, *(f for layer in hidden for f in (layer, act)), out)
+
+  def _code(self, x_BHWC):
+    return self._mlp(layers.flatten(x_BHWC), self.enc_hidden, self.enc_out)
+
+  def decode_logits(self, z_BxL):
+    return layers.reshape(*IMAGE_SHAPE)(self._mlp(z_BxL, self.dec_hidden, self.dec_out))
+
+
+@register_model("mlp")
+class MLPVAE(_MLPNets):
+  """Fully connected VAE; the defaults are the IWAE paper's one-stochastic-layer net,
+  784-200-200-50 tanh (Burda et al. 2016)."""
+
+  def __init__(self, latent_dim: int = 50, hidden_sizes=(200, 200), activation: str = "tanh", *,
+               rngs: nnx.Rngs, dtype=None):
+    super().__init__(latent_dim, 2 * latent_dim, hidden_sizes, activation, rngs=rngs, dtype=dtype)
+
+  def encode(self, x_BHWC):
+    """Returns (mean, logvar) of q(z|x), each (batch, latent_dim)."""
+    mean, logvar = jnp.split(self._code(x_BHWC), 2, axis=-1)
+    return mean, logvar
+
+
+@register_model("mlp_ae")
+class MLPAE(_MLPNets):
+  """The "vanilla" fully connected autoencoder: one deterministic code per image."""
+  stochastic = False
+
+  def __init__(self, latent_dim: int = 50, hidden_sizes=(200, 200), activation: str = "tanh", *,
+               rngs: nnx.Rngs, dtype=None):
+    super().__init__(latent_dim, latent_dim, hidden_sizes, activation, rngs=rngs, dtype=dtype)
+
+  def encode(self, x_BHWC):
+    """Returns (z, None): the code, (batch, latent_dim)."""
+    return self._code(x_BHWC), None
 
 
 def reparameterize_with_eps(eps, mean, logvar):

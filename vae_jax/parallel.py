@@ -1,7 +1,7 @@
 """Data parallelism over devices and hosts: one device, a sharded jit over a mesh, or pmap.
 
 Every strategy sees the same global batch in the same order; each example's noise is drawn from
-its position in the global batch (see `train.example_noise`), so results do not depend on how many
+its position in the global batch (see `train.example_keys`), so results do not depend on how many
 devices or processes share the batch.
 """
 

@@ -75,17 +75,26 @@ class _Run:
     self.config, self.workdir = config, workdir
     self.strategy = parallel.make_strategy(config.parallel, config.devices)
     self.strategy.check_batch(config.batch_size)
-    self.train_x = data_lib.binarize(dataset.train_images)
-    self.test_x = data_lib.binarize(dataset.test_images)
+    self.train_images = dataset.train_images
+    # Fixed pixels are binarized once; dynamic ones are drawn for each epoch (train_pixels).
+    self.train_x = (data_lib.binarize(dataset.train_images) if config.binarize == "threshold"
+                    else None)
+    self.test_x = data_lib.binarized_test(dataset.test_images, config.binarize)
     self.rows = self.strategy.process_rows(config.batch_size)
+    self.steps_per_epoch = data_lib.num_batches(len(self.train_images), config.batch_size)
     self.graphdef, state = train.init_state(config)
     self.state = self.strategy.put_state(state)
-    self.steps = train.Steps(self.graphdef, config, self.strategy)
+    self.steps = train.Steps(self.graphdef, config, self.strategy, self.steps_per_epoch)
     self.keys = train.run_keys(config.seed)
     order = np.arange(len(self.test_x))
     self.test_batches = self.strategy.put_batches(
         *data_lib.batch_stack(self.test_x, order, config.batch_size, self.rows))
-    self.steps_per_epoch = data_lib.num_batches(len(self.train_x), config.batch_size)
+
+  def train_pixels(self, epoch: int) -> np.ndarray:
+    """The {0, 1} training pixels of `epoch` (config.binarize)."""
+    if self.train_x is not None:
+      return self.train_x
+    return data_lib.binarized_train(self.train_images, self.config.binarize, self.config.seed, epoch)
 
   def host_params(self):
     return train.fetch(self.state.params)
@@ -128,9 +137,9 @@ class _Run:
 
   def train_epoch(self, epoch: int) -> tuple[dict, float]:
     c = self.config
-    order = data_lib.epoch_order(c.seed, epoch, len(self.train_x))
+    order = data_lib.epoch_order(c.seed, epoch, len(self.train_images))
     xs, masks = self.strategy.put_batches(
-        *data_lib.batch_stack(self.train_x, order, c.batch_size, self.rows))
+        *data_lib.batch_stack(self.train_pixels(epoch), order, c.batch_size, self.rows))
     length, unroll = train.chunk_plan(c, jax.default_backend())
     if c.loop == "step" or length > self.steps_per_epoch:
       length = 1
@@ -224,7 +233,7 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
   if _is_main():  # epochs after the last checkpoint are redone, identically, so drop their rows
     workdir_lib.write_rows(metrics_path, rows)
   events = tensorboard.EpochWriter(workdir, start_epoch + 1) if _is_main() else None
-  _log(f"data {dataset.name}: {len(run.train_x)} train / {len(run.test_x)} test images; "
+  _log(f"data {dataset.name}: {len(run.train_images)} train / {len(run.test_x)} test images; "
        f"{run.strategy.kind} on {run.strategy.num_devices} {jax.devices()[0].platform} device(s), "
        f"{jax.process_count()} process(es); epochs {start_epoch + 1}..{config.epochs}")
   try:

@@ -1,8 +1,13 @@
-"""Pure jitted training and evaluation steps for the CVAE, and whole epochs as one lax.scan.
+"""Pure jitted training and evaluation steps for any model and objective, and epochs as lax.scan.
 
-Randomness: one root key per run. Example i of global batch b (at optimizer step s) gets its noise
-from fold_in(fold_in(noise_key, s), i): it depends only on the step and on the example's position
-in the global batch, never on the device or process that holds it.
+The step computes the objective named by config.objective (vae_jax.objectives) for the model named
+by config.model (vae_jax.models) and takes an Adam step on the batch mean of its "loss".
+
+Randomness: one root key per run. Example i of global batch b (at optimizer step s) gets the key
+fold_in(fold_in(noise_key, s), i), from which the objective draws its noise (the ELBO:
+eps = normal(key, (latent_dim,)), the seed's draw); with --denoise its flipped pixels come from
+fold_in(fold_in(fold_in(noise_key, DENOISE_STREAM), s), i). Both depend only on the step and on
+the example's position in the global batch, never on the device or process that holds it.
 """
 
 import functools
@@ -15,13 +20,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax import losses
+from vae_jax import models, objectives
 from vae_jax.config import Config
 from vae_jax.errors import UserError
-from vae_jax.models import CVAE
 from vae_jax.parallel import Strategy
 
 METRIC_KEYS = ("loss", "rec", "kl")
+# fold_in data of the denoising stream: above every int32 step, so never a step's key.
+DENOISE_STREAM = 2**32 - 1
 
 
 class TrainState(NamedTuple):
@@ -43,12 +49,6 @@ def run_keys(seed: int) -> Keys:
   return Keys(*(jax.random.fold_in(root, i) for i in range(4)))
 
 
-def create_model(config: Config, key: jax.Array) -> CVAE:
-  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-  return CVAE(config.latent_dim, rngs=nnx.Rngs(params=key),
-              conv_transpose=config.conv_transpose, dtype=dtype)
-
-
 def keras_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-7) -> optax.GradientTransformation:
   """Adam exactly as tf.keras computes it, so a step matches the TensorFlow original.
@@ -67,14 +67,14 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 
 def init_state(config: Config) -> tuple[nnx.GraphDef, TrainState]:
   """The model's graph definition and its initial training state (on the default device)."""
-  graphdef, params = nnx.split(create_model(config, run_keys(config.seed).init))
+  graphdef, params = nnx.split(models.create_model(config, run_keys(config.seed).init))
   opt_state = make_optimizer(config).init(params)
   return graphdef, TrainState(jnp.zeros((), jnp.int32), params, opt_state)
 
 
-def example_noise(key, index_B, latent_dim: int):
-  """eps ~ N(0, I) for each example, drawn from fold_in(key, its global index)."""
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (latent_dim,)))(index_B)
+def example_keys(key, index_B):
+  """One key per example: fold_in(key, its global index)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(index_B)
 
 
 def _global_index(batch_size_local: int, axis_name: str | None):
@@ -86,13 +86,41 @@ def _psum(tree, axis_name):
   return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
-def batch_sums(model: CVAE, x_u8, mask_B, eps, kl: str):
-  """Sums over the real (mask 1) examples of the per-example loss terms; x_u8 holds {0,1} pixels."""
+def batch_sums(model, x_u8, mask_B, key_B, config: Config, kl_weight=1.0, x_input_u8=None,
+               train: bool = False):
+  """Sums over the real (mask 1) examples of the objective's terms; x_u8 holds {0,1} pixels.
+
+  x_input_u8 (default x_u8) is what the encoder sees; the defaults are the evaluation's.
+  """
   x = x_u8.astype(jnp.float32)
-  dtype = model.enc_conv1.dtype or jnp.float32
-  x_logits, z, mean, logvar = model(x.astype(dtype), eps.astype(dtype))
-  terms = losses.negative_elbo_terms(x_logits, x, z, mean, logvar, kl)
-  return {k: jnp.sum(v * mask_B) for k, v in terms.items()}
+  x_input = x if x_input_u8 is None else x_input_u8.astype(jnp.float32)
+  ctx = objectives.Context(config, kl_weight, x_input, train)
+  terms = objectives.get_objective(config.objective).fn(model, x, key_B, ctx)
+  missing = [k for k in METRIC_KEYS if k not in terms]
+  if missing:
+    raise ValueError(f"objective {config.objective!r} returned no {', '.join(missing)} term")
+  return {k: jnp.sum(terms[k] * mask_B) for k in METRIC_KEYS}
+
+
+def kl_weight(config: Config, step, steps_per_epoch: int | None):
+  """beta times the warm-up factor min(1, step / (kl_warmup_epochs * steps_per_epoch)).
+
+  `step` counts the optimizer steps already taken, so the first step has weight 0 under warm-up.
+  """
+  if not config.kl_warmup_epochs:
+    return config.beta
+  if not steps_per_epoch:
+    raise ValueError("--kl-warmup-epochs needs the step function built with steps_per_epoch")
+  warmup_steps = config.kl_warmup_epochs * steps_per_epoch
+  return config.beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+def denoised_input(x_u8, p: float, key, step, index_B):
+  """x_u8 with each pixel flipped with probability p, drawn from the denoising stream."""
+  step_key = jax.random.fold_in(jax.random.fold_in(key, DENOISE_STREAM), step)
+  flip = jax.vmap(lambda k: jax.random.bernoulli(k, p, x_u8.shape[1:]))(
+      example_keys(step_key, index_B))
+  return jnp.where(flip, 1 - x_u8, x_u8)
 
 
 def micro_batches(config: Config, batch: int) -> int:
@@ -110,12 +138,19 @@ def micro_batches(config: Config, batch: int) -> int:
   return parts
 
 
-def make_train_step(graphdef, tx, config: Config, axis_name: str | None):
-  """(state, x_u8, mask, noise_key) -> (state, sums): one Adam step on the batch's mean loss."""
+def make_train_step(graphdef, tx, config: Config, axis_name: str | None,
+                    steps_per_epoch: int | None = None):
+  """(state, x_u8, mask, noise_key) -> (state, sums): one Adam step on the batch's mean loss.
+
+  steps_per_epoch is needed only for the KL warm-up (config.kl_warmup_epochs).
+  """
 
   def train_step(state: TrainState, x_u8, mask_B, noise_key):
-    eps = example_noise(jax.random.fold_in(noise_key, state.step),
-                        _global_index(x_u8.shape[0], axis_name), config.latent_dim)
+    index = _global_index(x_u8.shape[0], axis_name)
+    key_B = example_keys(jax.random.fold_in(noise_key, state.step), index)
+    x_input = (x_u8 if not config.denoise else
+               denoised_input(x_u8, config.denoise, noise_key, state.step, index))
+    weight = kl_weight(config, state.step, steps_per_epoch)
     count = _psum(jnp.sum(mask_B), axis_name)
 
     parts = micro_batches(config, x_u8.shape[0])
@@ -123,7 +158,9 @@ def make_train_step(graphdef, tx, config: Config, axis_name: str | None):
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       size = x_u8.shape[0] // parts
-      sums = [batch_sums(model, *(a[i * size:(i + 1) * size] for a in (x_u8, mask_B, eps)), config.kl)
+      part = lambda a, i: a[i * size:(i + 1) * size]
+      sums = [batch_sums(model, part(x_u8, i), part(mask_B, i), part(key_B, i), config, weight,
+                         part(x_input, i), train=True)
               for i in range(parts)]
       sums = jax.tree.map(lambda *s: functools.reduce(jnp.add, s), *sums)
       # Local sum over the global count: summing the devices' gradients gives the global mean's.
@@ -170,8 +207,8 @@ def make_evaluate(graphdef, config: Config, axis_name: str | None):
 
     def body(carry, batch):
       b, x_u8, mask_B = batch
-      eps = example_noise(eval_key, b * global_batch + index, config.latent_dim)
-      sums = batch_sums(model, x_u8, mask_B, eps, config.kl)
+      key_B = example_keys(eval_key, b * global_batch + index)
+      sums = batch_sums(model, x_u8, mask_B, key_B, config)
       return carry, {**sums, "count": jnp.sum(mask_B)}
 
     _, per_batch = jax.lax.scan(body, None, (jnp.arange(xs.shape[0]), xs, masks))
@@ -199,12 +236,14 @@ class Steps:
   `compile_seconds`, so throughput numbers never include compilation.
   """
 
-  def __init__(self, graphdef, config: Config, strategy: Strategy):
+  def __init__(self, graphdef, config: Config, strategy: Strategy,
+               steps_per_epoch: int | None = None):
     self.strategy = strategy
     self.compile_seconds = 0.0
     self._compiled = {}
     axis = strategy.axis_name
-    self.train_step = make_train_step(graphdef, make_optimizer(config), config, axis)
+    self.train_step = make_train_step(graphdef, make_optimizer(config), config, axis,
+                                      steps_per_epoch)
     self.step = strategy.jit(self.train_step, ("state", "batch", "batch", "shared"),
                              donate_state=True)
     self.evaluate = strategy.jit(make_evaluate(graphdef, config, axis),
