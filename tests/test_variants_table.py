@@ -31,7 +31,8 @@ def test_table_from_files(tmp_path, capsys):
   ra, rb = report["rows"]
   assert ra["differs"] == {} and rb["differs"] == {"beta": 2.0}
   assert ra["images_per_sec"] == statistics.median([200.0, 300.0, 400.0])  # epochs after the first
-  assert ra["test_neg_elbo"] == 200.0 - 4 and rb["nll"] == 95.5
+  assert ra["test_objective"] == 200.0 - 4 and rb["nll"] == 95.5
+  assert ra["test_neg_elbo"] == 150.0 + 10.0  # rec + KL, whatever the objective
   md = (out / "report.md").read_text()
   assert "95.50 ± 0.50 (k=7, 9 images)" in md and "| paper | 84.78 |" in md
   assert sorted(os.listdir(out / "runs" / "b")) == sorted(variants_table.FILES)
