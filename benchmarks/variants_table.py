@@ -6,8 +6,8 @@
 Each RUN_DIR holds config.json, metrics.jsonl and evaluation.json. The table is written from those files
 (never typed): one row per run, named by its directory, with its binarization, model, objective and the
 settings that differ from the first run; from the last epoch's metrics on the whole test set, the
-training objective (minus metrics' test_elbo: the IWAE bound, the beta-weighted or free-bits loss) and
-the unweighted -ELBO, test_rec + test_kl (one Monte Carlo sample per image); the importance-sampled NLL (± standard error), -ELBO, KL,
+run's objective as evaluated (minus metrics' test_elbo, with KL weight 1 and no free bits: the -ELBO
+for elbo, the k-sample bound for iwae) and the one-sample -ELBO, test_rec + test_kl; the importance-sampled NLL (± standard error), -ELBO, KL,
 reconstruction and active units from evaluation.json (on its own test images, k as stated); training
 images/s as the median over epochs after the first (the first includes compilation). The three files of
 each run are copied to OUT/runs/NAME/; OUT/report.md (with --notes pasted above the table, and the
@@ -75,8 +75,8 @@ def row(run: dict, first_config: dict) -> dict:
       "name": run["name"], "binarize": config.get("binarize", "threshold"),
       "model": config.get("model", "cvae"), "objective": config.get("objective", "elbo"),
       "differs": differs, "epochs_done": last["epoch"],
-      # metrics' "test_elbo" is minus the training objective (the IWAE bound, the beta-weighted or
-      # free-bits loss); rec + kl is the unweighted one-sample -ELBO for every objective.
+      # metrics' "test_elbo" is minus the objective evaluated with KL weight 1 (for iwae the k-sample
+      # bound); rec + kl is the one-sample -ELBO for every objective.
       "test_objective": -last["test_elbo"], "test_neg_elbo": last["test_rec"] + last["test_kl"],
       "test_rec": last["test_rec"], "test_kl": last["test_kl"],
       "nll": res["nll"], "nll_se": res["nll_se"], "nll_bits_per_dim": res["nll_bits_per_dim"],
