@@ -52,7 +52,7 @@ FLAGS = {  # flag: (StudyConfig field, parser, help)
     "--loss-model": ("loss_model", str, "the model trained with each --losses"),
     "--losses": ("losses", _names, "reconstruction losses compared"),
     "--denoise-models": ("denoise_models", _names, "models trained to denoise"),
-    "--noise-levels": ("noise_levels", _floats, "fractions of input pixels flipped"),
+    "--noise-levels": ("noise_levels", _floats, "probabilities with which each input pixel is flipped"),
     "--num-samples": ("num_samples", int, "images per sampler for FCD and the MNIST score"),
     "--classifier-epochs": ("classifier_epochs", int, "epochs of the sample-quality classifier"),
 }
