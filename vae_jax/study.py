@@ -378,6 +378,17 @@ def normalize_data(spec: str) -> str:
   return f"idx:{os.path.abspath(spec[4:])}" if spec.startswith("idx:") and len(spec) > 4 else spec
 
 
+def machine() -> dict:
+  """Backend, devices, CPUs, platform and the versions the numbers were measured with."""
+  import flax  # pylint: disable=import-outside-toplevel
+  import platform  # pylint: disable=import-outside-toplevel
+  return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "cpus": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": getattr(jax.lib, "__version__", None) or jax.__version__,
+          "flax": flax.__version__, "numpy": np.__version__}
+
+
 def run_study(study: StudyConfig, out: str) -> dict:
   """Trains (or reuses) every run, measures them, draws the grids; returns the results dict.
 
@@ -496,8 +507,6 @@ def run_study(study: StudyConfig, out: str) -> dict:
   }
   results["pictures"] = {k: os.path.relpath(v, out) for k, v in results["pictures"].items()}
   results["seconds"] = time.perf_counter() - start
-  results["machine"] = {"backend": jax.default_backend(),
-                        "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count(),
-                        "jax": jax.__version__}
+  results["machine"] = machine()
   return results
 
