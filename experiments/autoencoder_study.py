@@ -6,8 +6,8 @@ trains conv_ae, mlp_ae (plain autoencoders, BCE) and cvae, mlp (VAEs, ELBO) at l
 2..50, conv_ae with l2 and l1 as well, and conv_ae and cvae on inputs with flipped pixels, each
 run in DIR/runs/<name>/ (a complete run is reused, an interrupted one resumed); trains the
 sample-quality classifier once into DIR/classifier/; and writes DIR/report.md, DIR/report.json and
-DIR/pictures/. Defaults: every training digit, 10 epochs per run (32 runs), estimated to fit about
-90 minutes on a 2-core CPU; `--quick` is a minutes-long preset for tests (latent sizes 2 and 4, one
+DIR/pictures/. Defaults: every training digit, 10 epochs per run (32 runs; hours on a shared
+2-core CPU, where the committed report is a reduced study); `--quick` is a minutes-long preset for tests (latent sizes 2 and 4, one
 epoch, 1,000 samples per sampler).
 """
 
@@ -52,7 +52,7 @@ FLAGS = {  # flag: (StudyConfig field, parser, help)
     "--loss-model": ("loss_model", str, "the model trained with each --losses"),
     "--losses": ("losses", _names, "reconstruction losses compared"),
     "--denoise-models": ("denoise_models", _names, "models trained to denoise"),
-    "--noise-levels": ("noise_levels", _floats, "fractions of input pixels flipped"),
+    "--noise-levels": ("noise_levels", _floats, "probabilities with which each input pixel is flipped"),
     "--num-samples": ("num_samples", int, "images per sampler for FCD and the MNIST score"),
     "--classifier-epochs": ("classifier_epochs", int, "epochs of the sample-quality classifier"),
 }
@@ -81,6 +81,20 @@ def study_config(args: argparse.Namespace):
   return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
+def _commit() -> str | None:
+  """The source tree's git commit (with '+changes' when it differs from it), None outside git."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ("+changes" if dirty else "")
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
@@ -89,6 +103,8 @@ def main(argv=None) -> int:
   from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
     results = study.run_study(study_config(args), args.out)
+    results["command"] = " ".join(["python -m experiments.autoencoder_study", *sys.argv[1:]])
+    results["commit"] = _commit()
     study_report.write_report(results, args.out)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

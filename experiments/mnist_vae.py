@@ -64,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--free-bits", type=float, default=d.free_bits,
                  help="elbo: nats per latent dimension below which its KL is not pushed down")
   p.add_argument("--denoise", type=float, default=d.denoise,
-                 help="fraction of input pixels flipped during training (target stays clean)")
+                 help="probability with which each input pixel is flipped during training "
+                      "(target stays clean)")
   p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                  help="import MODULE first (repeatable), e.g. one that registers a model or "
                       "objective")

@@ -55,16 +55,23 @@ def test_impossible_settings_are_refused(change, fragment):
     dataclasses.replace(study.StudyConfig(), **change).validate()
 
 
-def test_a_config_without_the_registry_fields_names_the_model(monkeypatch):
-  @dataclasses.dataclass(frozen=True)
-  class Bare:
-    data: str = "auto"
-    latent_dim: int = 2
+def test_the_registry_refuses_a_model_objective_mismatch_naming_the_run():
+  # bce is a plain autoencoder's objective; the registry refuses it for a VAE before any training.
+  bad = dataclasses.replace(study.StudyConfig(), loss_model="cvae")
+  with pytest.raises(UserError, match=r"run cvae_bce_L16 \(model 'cvae', objective 'bce'\).*--objective"):
+    study.probe_models(bad)
 
-  monkeypatch.setattr(study, "Config", Bare)
-  spec = study.RunSpec("conv_ae_bce_L2", "conv_ae", "bce", 2)
-  with pytest.raises(UserError, match="model 'conv_ae' .*objective 'bce'.* registry"):
-    study.run_config(study.StudyConfig(), spec)
+
+def test_probe_models_reads_each_models_kind_from_the_registry():
+  assert study.probe_models(study.quick()) == KINDS
+
+
+def test_run_config_is_a_valid_main_job_config():
+  spec = study.RunSpec("conv_ae_bce_L4_denoise0.1", "conv_ae", "bce", 4, 0.1)
+  config = study.run_config(study.quick(), spec)
+  config.validate()
+  assert (config.model, config.objective, config.latent_dim, config.denoise) == ("conv_ae", "bce", 4, 0.1)
+  assert config.epochs == 1 and config.learning_rate == study.quick().learning_rate
 
 
 # ---------------------------------------------------------------- reuse of run workdirs
@@ -327,9 +334,9 @@ def test_write_report_from_a_synthetic_results_dict(tmp_path):
 
 # ---------------------------------------------------------------- the command's errors
 
-def _study(*args):
+def _study(*args, timeout=300):
   return subprocess.run([sys.executable, "-m", "experiments.autoencoder_study", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def test_an_unknown_model_is_named_before_anything_is_written(tmp_path):
@@ -346,3 +353,33 @@ def test_a_focus_size_outside_the_latent_sizes_is_refused(tmp_path):
   result = _study("--out", str(tmp_path / "s"), "--latent-sizes", "2,8")
   assert result.returncode == 2
   assert result.stderr.strip() == "error: --focus-latent 16 is not one of --latent-sizes (2, 8)"
+
+
+def test_the_quick_study_end_to_end_answers_the_four_claims_and_reuses_its_runs(tmp_path, idx_dir):
+  out = tmp_path / "study"
+  args = ("--data", f"idx:{idx_dir}", "--out", str(out), "--quick", "--models", "cvae,conv_ae",
+          "--losses", "bce,l2", "--denoise-models", "conv_ae", "--num-samples", "64")
+  first = _study(*args, timeout=900)
+  assert first.returncode == 0, first.stderr[-2000:]
+  with open(out / "report.json") as f:
+    report = json.load(f)
+  assert set(report["claims"]) == {"bottleneck", "losses", "conv", "creativity"}
+  for claim in report["claims"].values():
+    assert claim["verdict"] in ("agrees", "partly agrees", "disagrees", "not measured"), claim
+    assert claim["measured"]
+  # conv_ae and cvae: no convolutional/MLP pair, so claim 3 alone is not measured here.
+  assert [k for k, c in report["claims"].items() if c["verdict"] == "not measured"] == ["conv"]
+  assert {r["outcome"] for r in report["runs"].values()} == {"trained"}
+  names = set(report["runs"])
+  assert {"cvae_elbo_L2", "conv_ae_bce_L4", "conv_ae_l2_L4", "conv_ae_bce_L4_denoise0.1"} <= names
+  for picture in report["pictures"].values():
+    assert os.path.getsize(out / picture) > 0, picture
+  assert "## The four claims" in (out / "report.md").read_text()
+
+  second = _study(*args, timeout=900)
+  assert second.returncode == 0, second.stderr[-2000:]
+  with open(out / "report.json") as f:
+    again = json.load(f)
+  assert set(again["runs"]) == names
+  assert {r["outcome"] for r in again["runs"].values()} == {"reused"}
+  assert again["claims"] == report["claims"]

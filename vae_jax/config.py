@@ -42,7 +42,7 @@ class Config:
   iw_samples: int = 1                # iwae: importance samples k per example
   kl_warmup_epochs: int = 0          # elbo, iwae: KL weight rises linearly from 0 to beta over N epochs
   free_bits: float = 0.0             # elbo: each latent dimension's KL counts at least this (nats)
-  denoise: float = 0.0               # fraction of input pixels flipped in training (target stays clean)
+  denoise: float = 0.0               # probability each input pixel is flipped in training (clean target)
   learning_rate: float = 1e-4        # Adam, as the tutorial
   # training loop
   epochs: int = 100

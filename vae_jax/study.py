@@ -18,8 +18,8 @@ binarized test digits:
   here (`vae_jax.classifier`); real training digits against the test digits give the FCD floor.
 
 The models come from the model registry (`vae_jax.models.create_model`, `Config.model`,
-`Config.objective`, `Config.denoise`); `probe_models` says plainly which model is missing when the
-installed vae_jax lacks it.
+`Config.objective`, `Config.denoise`); `probe_models` checks every run's Config before any
+training, so an unknown model or a model/objective mismatch fails at once, naming the run.
 """
 
 import dataclasses
@@ -52,9 +52,6 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 SAMPLERS = ("prior", "gmm", "midpoint", "reconstruction")
 PICTURE_DIGITS = 36     # digits per sampler in the creativity grid
 INTERPOLATION_PAIRS, INTERPOLATION_STEPS = 5, 10
-REGISTRY_NOTE = ("the study needs the model registry (Config.model/objective/denoise and "
-                 "vae_jax.models.create_model with models cvae, mlp, conv_ae, mlp_ae and "
-                 "objectives elbo, bce, l2, l1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,39 +146,21 @@ def plan(study: StudyConfig, stochastic: dict[str, bool]) -> list[RunSpec]:
 
 
 def run_config(study: StudyConfig, spec: RunSpec) -> Config:
-  """The main job's Config of one run (raises UserError naming the model if Config lacks a field)."""
-  fields = dict(data=study.data, train_size=study.train_size, batch_size=study.batch_size,
-                learning_rate=study.learning_rate, epochs=study.epochs, seed=study.seed,
-                latent_dim=spec.latent, model=spec.model, objective=spec.objective)
-  if spec.denoise:
-    fields["denoise"] = spec.denoise
-  missing = sorted(set(fields) - {f.name for f in dataclasses.fields(Config)})
-  if missing:
-    raise UserError(f"model {spec.model!r} (objective {spec.objective!r}) is not available: "
-                    f"vae_jax.config.Config has no field {', '.join(missing)}; {REGISTRY_NOTE}")
-  return dataclasses.replace(get_config(), **fields)
+  """The main job's Config of one run."""
+  return dataclasses.replace(
+      get_config(), data=study.data, train_size=study.train_size, batch_size=study.batch_size,
+      learning_rate=study.learning_rate, epochs=study.epochs, seed=study.seed,
+      latent_dim=spec.latent, model=spec.model, objective=spec.objective, denoise=spec.denoise)
 
 
 def probe_models(study: StudyConfig) -> dict[str, bool]:
-  """{model: stochastic} for every model the study names, checking each can be built and trained.
+  """{model: stochastic} for every model the study names, after validating every run's Config.
 
-  Builds each (model, objective) pair of the study once at latent size 2, so a missing model or
-  objective fails here, before any training, with a message naming it.
+  The registry refuses an unknown model or objective, an AE objective (bce, l2, l1) for a VAE and
+  elbo for an AE, so a bad study fails here, before any training, naming the run.
   """
-  create = getattr(models_lib, "create_model", None)
   names = list(dict.fromkeys((*study.models, study.loss_model, *study.denoise_models)))
-  stochastic = {}
-  for name in names:
-    if create is None:
-      raise UserError(f"model {name!r} is not available: vae_jax.models has no create_model; "
-                      f"{REGISTRY_NOTE}")
-    guess = AE_DEFAULT_OBJECTIVE if name.endswith("_ae") else VAE_DEFAULT_OBJECTIVE
-    config = run_config(study, RunSpec(name, name, guess, 2))
-    try:
-      model = create(config, jax.random.key(0))
-    except (UserError, ValueError, KeyError, TypeError) as e:
-      raise UserError(f"model {name!r} is not available: {e}") from None
-    stochastic[name] = bool(getattr(model, "stochastic", True))
+  stochastic = {name: bool(models_lib.get_model_class(name).stochastic) for name in names}
   for spec in plan(study, stochastic):
     try:
       run_config(study, spec).validate()
@@ -316,7 +295,7 @@ def reconstruction_metrics(model, x_u8, batch_size: int = 500) -> dict:
   bce, wrong, kl, codes = map_batches(fns.per_example, x_u8, batch_size=batch_size)
   pixels = int(np.prod(x_u8.shape[1:]))
   out = {"bce": float(np.mean(bce)), "pixel_error": float(100.0 * np.mean(wrong) / pixels)}
-  if getattr(fns.model, "stochastic", True):
+  if fns.model.stochastic:
     activity = np.var(codes.astype(np.float64), axis=0, ddof=1)
     out.update(kl=float(np.mean(kl)),
                active_units=int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
@@ -325,7 +304,8 @@ def reconstruction_metrics(model, x_u8, batch_size: int = 500) -> dict:
 
 
 def flip_pixels(x_u8, p: float, seed: int) -> np.ndarray:
-  """x with each pixel flipped independently with probability p (a fixed draw for seed, p)."""
+  """x with each pixel flipped independently with probability p (a fixed draw for seed, p): the
+  noise `Config.denoise = p` trains with (`vae_jax.train.denoised_input`), drawn here with numpy."""
   rng = np.random.default_rng([seed, int(round(p * 1_000_000))])
   return (np.asarray(x_u8) ^ (rng.random(np.shape(x_u8)) < p)).astype(np.uint8)
 
@@ -396,6 +376,17 @@ class Scorer:
 def normalize_data(spec: str) -> str:
   """idx:DIR with DIR made absolute, so runs reused from another working directory match."""
   return f"idx:{os.path.abspath(spec[4:])}" if spec.startswith("idx:") and len(spec) > 4 else spec
+
+
+def machine() -> dict:
+  """Backend, devices, CPUs, platform and the versions the numbers were measured with."""
+  import flax  # pylint: disable=import-outside-toplevel
+  import platform  # pylint: disable=import-outside-toplevel
+  return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "cpus": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": getattr(jax.lib, "__version__", None) or jax.__version__,
+          "flax": flax.__version__, "numpy": np.__version__}
 
 
 def run_study(study: StudyConfig, out: str) -> dict:
@@ -516,8 +507,6 @@ def run_study(study: StudyConfig, out: str) -> dict:
   }
   results["pictures"] = {k: os.path.relpath(v, out) for k, v in results["pictures"].items()}
   results["seconds"] = time.perf_counter() - start
-  results["machine"] = {"backend": jax.default_backend(),
-                        "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count(),
-                        "jax": jax.__version__}
+  results["machine"] = machine()
   return results
 

@@ -327,6 +327,14 @@ def _markdown(results: dict, claims: dict) -> str:
             "could give every run the tutorial's 100 epochs instead of a short budget, add latent "
             "sizes (64, 128, 256), train several seeds per run for error bars on every number "
             "above, and score more samples per sampler.", "",
+            "## How this was measured", ""]
+  m = results["machine"]
+  if results.get("command"):
+    lines += ["```bash", results["command"], "```", ""]
+  lines += [f"Commit {results.get('commit') or 'unknown'}; " + ", ".join(
+      f"{k} {m[k]}" for k in ("python", "jax", "jaxlib", "flax", "numpy") if m.get(k))
+            + f"; {m['backend']} ({', '.join(m['devices'])}), {m['cpus']} CPUs"
+            + (f", {m['platform']}" if m.get("platform") else "") + ".", "",
             "## Settings", "", "```json", json.dumps(s, indent=2), "```", ""]
   return "\n".join(lines)
 
