@@ -86,6 +86,9 @@ def test_models_objectives_and_binarizations_by_name(idx_dir, tmp_path):
       saved = json.load(f)
     assert saved["model"] == flags[1] and saved["objective"] == flags[3]
     assert os.path.exists(os.path.join(workdir, "image_at_epoch_0002.png"))
+    # An autoencoder has no ELBO: its log line names the number it prints.
+    assert ("test ELBO" in result.stdout) == (name == "A")
+    assert ("test -loss" in result.stdout) == (name == "B")
   assert saved["binarize"] == "threshold"
   assert all(r["test_kl"] == 0.0 for r in rows)  # B: an autoencoder
   # --resume refuses to change a research setting (every new Config field is non-resumable).

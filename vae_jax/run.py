@@ -13,6 +13,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from vae_jax import data as data_lib
+from vae_jax import models
 from vae_jax import interrupts, parallel, pictures, tensorboard, train
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoints import Checkpoints
@@ -236,6 +237,8 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
   _log(f"data {dataset.name}: {len(run.train_images)} train / {len(run.test_x)} test images; "
        f"{run.strategy.kind} on {run.strategy.num_devices} {jax.devices()[0].platform} device(s), "
        f"{jax.process_count()} process(es); epochs {start_epoch + 1}..{config.epochs}")
+  # An autoencoder's test_elbo is minus its reconstruction loss (objectives.py), not an ELBO.
+  test_label = "test ELBO" if models.get_model_class(config.model).stochastic else "test -loss"
   try:
     for epoch in range(start_epoch + 1, config.epochs + 1):
       interrupts.check(epoch)
@@ -255,7 +258,7 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
       if _is_main():
         workdir_lib.append_line(metrics_path, json.dumps(row))
         events.write(row, pictures.epoch_grid_path(workdir, epoch))
-      _log(f"epoch {epoch:4d}  train loss {row['train_loss']:9.3f}  test ELBO "
+      _log(f"epoch {epoch:4d}  train loss {row['train_loss']:9.3f}  {test_label} "
            f"{row['test_elbo']:9.3f}  {row['images_per_sec']:9.0f} images/s  "
            f"{row['seconds']:6.1f} s")
   finally:
