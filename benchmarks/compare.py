@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "keras_jax (the tutorial's Keras model on Keras 3 with the JAX backend); "
                       "those not installed are skipped")
   p.add_argument("--jax-dtype", choices=("float32", "bfloat16"), default="float32",
-                 help="compute dtype of the port's layers (weights, loss and Adam stay float32)")
+                 help="the port's --dtype: bfloat16 is mixed precision: float32 parameters, activations, loss and Adam; only the GEMMs take bfloat16 inputs, accumulating in float32")
   p.add_argument("--tf-precision", choices=("float32", "mixed_bfloat16"), default="float32",
                  help="Keras dtype policy of the TF reference")
   p.add_argument("--keras-precision", choices=("float32", "mixed_bfloat16"), default="float32",

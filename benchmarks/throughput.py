@@ -271,7 +271,7 @@ def main(argv=None) -> int:
   p.add_argument("--micro-batches", type=int, default=0,
                  help="jax: parts each step's batch is split into (0: vae_jax.train's default)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                 help="jax: compute dtype of the layers (parameters, loss and Adam stay float32)")
+                 help="jax: bfloat16 is mixed precision: float32 parameters, activations, loss and Adam; only the GEMMs take bfloat16 inputs, accumulating in float32")
   p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
                  help="tf, keras_jax: Keras dtype policy (mixed_bfloat16: bfloat16 layers, float32 "
                       "weights, loss and Adam)")

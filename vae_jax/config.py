@@ -34,7 +34,8 @@ class Config:
   hidden_sizes: tuple[int, ...] = (200, 200)  # mlp, mlp_ae: hidden layer widths (decoder reversed)
   activation: str = "tanh"           # mlp, mlp_ae: hidden activation (vae_jax.models.ACTIVATIONS)
   conv_transpose: str = "gemm"       # 'gemm': every conv as exact GEMMs; 'xla': Flax's Conv layers
-  dtype: str = "float32"             # compute dtype of the layers; 'bfloat16' is an option on GPU
+  dtype: str = "float32"             # 'bfloat16': mixed precision, float32 everywhere except the
+                                     # GEMM inputs (float32 accumulation; vae_jax.layers)
   # objective and optimizer
   objective: str = "elbo"            # a name in vae_jax.objectives.OBJECTIVES: elbo | iwae | bce | l2 | l1
   kl: str = "mc"                     # elbo: 'mc', the seed's one-sample estimate; 'analytic': closed form

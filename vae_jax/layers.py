@@ -14,6 +14,13 @@ With `impl="gemm"` (the default) a call runs a GEMM kernel when one covers the l
 
 Everything else, and every layer with `impl="xla"`, runs Flax's own call (XLA's convolutions).
 A ReLU activation is fused into the kernels; any other activation is applied after the layer.
+
+Mixed precision: `gemm_dtype=jnp.bfloat16` on GemmConv, GemmConvTranspose and `Linear` (nnx.Linear
+with that one option) keeps the parameters, inputs, outputs, bias and activation float32 and runs
+only the GEMMs, forward and backward, on bfloat16 inputs with float32 accumulation and output
+(`vae_jax.kernels`). A convolution Flax runs gets Flax's nearest form: dtype=gemm_dtype (inputs,
+kernel and bias cast) with preferred_element_type float32, differentiated by autodiff (whose
+backward GEMMs XLA runs in float32, and which rounds the kernel gradient to bfloat16).
 """
 
 from typing import Callable, Literal
@@ -44,15 +51,47 @@ def _activate(y, activation: Activation, fused: bool):
   return y if activation is None or fused else activation(y)
 
 
+def _mixed(kwargs: dict, gemm_dtype) -> dict:
+  """Flax constructor kwargs for gemm_dtype: its dtype and float32 output for Flax's own call."""
+  if gemm_dtype is None:
+    return kwargs
+  if kwargs.get("dtype") is not None or kwargs.get("preferred_element_type") is not None:
+    raise ValueError("gemm_dtype sets the layer's dtype and preferred_element_type; pass neither")
+  return {**kwargs, "dtype": gemm_dtype, "preferred_element_type": jnp.float32}
+
+
+def _gemm_operands(layer, x):
+  """x, kernel and bias for a GEMM kernel: float32 (promoted) in mixed precision, else layer.dtype."""
+  bias = layer.bias[...] if layer.bias is not None else jnp.zeros((layer.out_features,))
+  dtype = None if layer.gemm_dtype is not None else layer.dtype
+  return layer.promote_dtype((x, layer.kernel[...], bias), dtype=dtype)
+
+
+class Linear(nnx.Linear):
+  """nnx.Linear; with gemm_dtype its GEMMs, forward and backward, take gemm_dtype inputs and
+  return float32 (`kernels.dense`), everything else staying float32."""
+
+  def __init__(self, in_features: int, out_features: int, *, gemm_dtype=None, **kwargs):
+    super().__init__(in_features, out_features, **kwargs)
+    self.gemm_dtype = gemm_dtype
+
+  def __call__(self, x):
+    if self.gemm_dtype is None:
+      return super().__call__(x)
+    x, kernel, bias = _gemm_operands(self, x)
+    return kernels.dense(x, kernel, bias, self.gemm_dtype)
+
+
 class GemmConv(nnx.Conv):
   """nnx.Conv followed by `activation`, run as one GEMM (`kernels.patch_conv`) where covered."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size, strides=1, *,
-               activation: Activation = None, impl: Impl = "gemm", **kwargs):
+               activation: Activation = None, impl: Impl = "gemm", gemm_dtype=None, **kwargs):
     _check_impl(impl)
-    super().__init__(in_features, out_features, kernel_size, strides, **kwargs)
+    super().__init__(in_features, out_features, kernel_size, strides, **_mixed(kwargs, gemm_dtype))
     self.activation = activation
     self.impl = impl
+    self.gemm_dtype = gemm_dtype
 
   def _gemm_pads(self, x) -> list[tuple[int, int]] | None:
     """The (low, high) zero padding of both spatial axes, when the GEMM kernel covers the call."""
@@ -77,12 +116,11 @@ class GemmConv(nnx.Conv):
     pads = self._gemm_pads(x)
     if pads is None:
       return _activate(super().__call__(x), self.activation, fused=False)
-    bias = self.bias[...] if self.bias is not None else jnp.zeros((self.out_features,))
-    x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+    x, kernel, bias = _gemm_operands(self, x)
     if any(p != (0, 0) for p in pads):
       x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     relu = self.activation is jax.nn.relu
-    y = kernels.patch_conv(x, kernel, bias, _pairs(self.strides)[0], relu)
+    y = kernels.patch_conv(x, kernel, bias, _pairs(self.strides)[0], relu, self.gemm_dtype)
     return _activate(y, self.activation, fused=relu)
 
 
@@ -90,11 +128,12 @@ class GemmConvTranspose(nnx.ConvTranspose):
   """nnx.ConvTranspose followed by `activation`, run as tap GEMMs where covered."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size, strides=None, *,
-               activation: Activation = None, impl: Impl = "gemm", **kwargs):
+               activation: Activation = None, impl: Impl = "gemm", gemm_dtype=None, **kwargs):
     _check_impl(impl)
-    super().__init__(in_features, out_features, kernel_size, strides, **kwargs)
+    super().__init__(in_features, out_features, kernel_size, strides, **_mixed(kwargs, gemm_dtype))
     self.activation = activation
     self.impl = impl
+    self.gemm_dtype = gemm_dtype
 
   def _gemm_stride(self, x) -> int | None:
     """The stride (1 or 2) when a GEMM kernel covers the call, else None."""
@@ -111,13 +150,12 @@ class GemmConvTranspose(nnx.ConvTranspose):
     stride = self._gemm_stride(x)
     if stride is None:
       return _activate(super().__call__(x), self.activation, fused=False)
-    bias = self.bias[...] if self.bias is not None else jnp.zeros((self.out_features,))
-    x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+    x, kernel, bias = _gemm_operands(self, x)
     relu = stride == 2 and self.activation is jax.nn.relu
     if stride == 2:
-      y = kernels.phase_conv_transpose(x, kernel, bias, relu)
+      y = kernels.phase_conv_transpose(x, kernel, bias, relu, self.gemm_dtype)
     else:
-      y = kernels.tap_matmul_conv_transpose(x, kernel, bias)
+      y = kernels.tap_matmul_conv_transpose(x, kernel, bias, self.gemm_dtype)
     return _activate(y, self.activation, fused=relu)
 
 

@@ -58,7 +58,9 @@ def create_model(config: Config, key: jax.Array) -> "Model":
   return get_model_class(config.model).from_config(config, nnx.Rngs(params=key))
 
 
-def _dtype(config: Config):
+def _gemm_dtype(config: Config):
+  """The layers' GEMM input dtype: --dtype bfloat16 is mixed precision (float32 parameters,
+  activations and loss; bfloat16 GEMM inputs, float32 accumulation; vae_jax.layers)."""
   return jnp.bfloat16 if config.dtype == "bfloat16" else None
 
 
@@ -114,22 +116,22 @@ class _ConvNets(Model):
   settings = ("conv_transpose",)
 
   def __init__(self, latent_dim: int, code_size: int, *, rngs: nnx.Rngs,
-               conv_transpose: ConvTransposeImpl, dtype):
+               conv_transpose: ConvTransposeImpl, gemm_dtype):
     _check_latent_dim(latent_dim)
     if conv_transpose not in ("gemm", "xla"):
       raise ValueError(f"conv_transpose must be 'gemm' or 'xla', got {conv_transpose!r}")
     self.latent_dim = latent_dim
     self.conv_transpose = conv_transpose
-    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, dtype=dtype, rngs=rngs)
+    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, gemm_dtype=gemm_dtype, rngs=rngs)
     conv = dict(impl=conv_transpose, **init)
     relu = jax.nn.relu
     # inference_net: Conv2D(32, 3, 2, relu), Conv2D(64, 3, 2, relu), Flatten, Dense(code_size)
     self.enc_conv1 = layers.GemmConv(1, 32, (3, 3), 2, padding="VALID", activation=relu, **conv)
     self.enc_conv2 = layers.GemmConv(32, 64, (3, 3), 2, padding="VALID", activation=relu, **conv)
-    self.enc_dense = nnx.Linear(6 * 6 * 64, code_size, **init)
+    self.enc_dense = layers.Linear(6 * 6 * 64, code_size, **init)
     # generative_net: Dense(7*7*32, relu), Reshape, Conv2DTranspose(64, 3, 2, relu),
     # Conv2DTranspose(32, 3, 2, relu), Conv2DTranspose(1, 3, 1)
-    self.dec_dense = nnx.Linear(latent_dim, 7 * 7 * 32, **init)
+    self.dec_dense = layers.Linear(latent_dim, 7 * 7 * 32, **init)
     self.dec_deconv1 = layers.GemmConvTranspose(32, 64, (3, 3), 2, padding="SAME",
                                                 activation=relu, **conv)
     self.dec_deconv2 = layers.GemmConvTranspose(64, 32, (3, 3), 2, padding="SAME",
@@ -139,7 +141,7 @@ class _ConvNets(Model):
   @classmethod
   def from_config(cls, config, rngs: nnx.Rngs):
     return cls(config.latent_dim, rngs=rngs, conv_transpose=config.conv_transpose,
-               dtype=_dtype(config))
+               gemm_dtype=_gemm_dtype(config))
 
   def _code(self, x_BHWC):
     return layers.sequential(x_BHWC, self.enc_conv1, self.enc_conv2, layers.flatten,
@@ -155,9 +157,9 @@ class CVAE(_ConvNets):
   """Convolutional VAE of the TensorFlow tutorial: q(z|x) diagonal Gaussian, p(x|z) Bernoulli logits."""
 
   def __init__(self, latent_dim: int = 50, *, rngs: nnx.Rngs,
-               conv_transpose: ConvTransposeImpl = "gemm", dtype=None):
+               conv_transpose: ConvTransposeImpl = "gemm", gemm_dtype=None):
     super().__init__(latent_dim, 2 * latent_dim, rngs=rngs, conv_transpose=conv_transpose,
-                     dtype=dtype)
+                     gemm_dtype=gemm_dtype)
 
   def encode(self, x_BHWC):
     """Returns (mean, logvar) of q(z|x), each (batch, latent_dim)."""
@@ -171,9 +173,9 @@ class ConvAE(_ConvNets):
   stochastic = False
 
   def __init__(self, latent_dim: int = 50, *, rngs: nnx.Rngs,
-               conv_transpose: ConvTransposeImpl = "gemm", dtype=None):
+               conv_transpose: ConvTransposeImpl = "gemm", gemm_dtype=None):
     super().__init__(latent_dim, latent_dim, rngs=rngs, conv_transpose=conv_transpose,
-                     dtype=dtype)
+                     gemm_dtype=gemm_dtype)
 
   def encode(self, x_BHWC):
     """Returns (z, None): the code, (batch, latent_dim)."""
@@ -185,7 +187,7 @@ class _MLPNets(Model):
   settings = ("hidden_sizes", "activation")
 
   def __init__(self, latent_dim: int, code_size: int, hidden_sizes, activation: str, *,
-               rngs: nnx.Rngs, dtype):
+               rngs: nnx.Rngs, gemm_dtype):
     _check_latent_dim(latent_dim)
     if not hidden_sizes or min(hidden_sizes) < 1:
       raise ValueError(f"hidden_sizes must be positive sizes, got {hidden_sizes}")
@@ -193,18 +195,18 @@ class _MLPNets(Model):
       raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     self.latent_dim = latent_dim
     self.activation = activation
-    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, dtype=dtype, rngs=rngs)
+    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, gemm_dtype=gemm_dtype, rngs=rngs)
     sizes = (IMAGE_SIZE, *hidden_sizes)
-    self.enc_hidden = nnx.List([nnx.Linear(a, b, **init) for a, b in zip(sizes, sizes[1:])])
-    self.enc_out = nnx.Linear(sizes[-1], code_size, **init)
+    self.enc_hidden = nnx.List([layers.Linear(a, b, **init) for a, b in zip(sizes, sizes[1:])])
+    self.enc_out = layers.Linear(sizes[-1], code_size, **init)
     sizes = (latent_dim, *reversed(hidden_sizes))
-    self.dec_hidden = nnx.List([nnx.Linear(a, b, **init) for a, b in zip(sizes, sizes[1:])])
-    self.dec_out = nnx.Linear(sizes[-1], IMAGE_SIZE, **init)
+    self.dec_hidden = nnx.List([layers.Linear(a, b, **init) for a, b in zip(sizes, sizes[1:])])
+    self.dec_out = layers.Linear(sizes[-1], IMAGE_SIZE, **init)
 
   @classmethod
   def from_config(cls, config, rngs: nnx.Rngs):
     return cls(config.latent_dim, hidden_sizes=tuple(config.hidden_sizes),
-               activation=config.activation, rngs=rngs, dtype=_dtype(config))
+               activation=config.activation, rngs=rngs, gemm_dtype=_gemm_dtype(config))
 
   def _mlp(self, h, hidden, out):
     act = ACTIVATIONS[self.activation]
@@ -223,8 +225,9 @@ class MLPVAE(_MLPNets):
   784-200-200-50 tanh (Burda et al. 2016)."""
 
   def __init__(self, latent_dim: int = 50, hidden_sizes=(200, 200), activation: str = "tanh", *,
-               rngs: nnx.Rngs, dtype=None):
-    super().__init__(latent_dim, 2 * latent_dim, hidden_sizes, activation, rngs=rngs, dtype=dtype)
+               rngs: nnx.Rngs, gemm_dtype=None):
+    super().__init__(latent_dim, 2 * latent_dim, hidden_sizes, activation, rngs=rngs,
+                     gemm_dtype=gemm_dtype)
 
   def encode(self, x_BHWC):
     """Returns (mean, logvar) of q(z|x), each (batch, latent_dim)."""
@@ -238,8 +241,9 @@ class MLPAE(_MLPNets):
   stochastic = False
 
   def __init__(self, latent_dim: int = 50, hidden_sizes=(200, 200), activation: str = "tanh", *,
-               rngs: nnx.Rngs, dtype=None):
-    super().__init__(latent_dim, latent_dim, hidden_sizes, activation, rngs=rngs, dtype=dtype)
+               rngs: nnx.Rngs, gemm_dtype=None):
+    super().__init__(latent_dim, latent_dim, hidden_sizes, activation, rngs=rngs,
+                     gemm_dtype=gemm_dtype)
 
   def encode(self, x_BHWC):
     """Returns (z, None): the code, (batch, latent_dim)."""
