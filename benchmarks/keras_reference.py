@@ -19,7 +19,6 @@ Like benchmarks.tf_reference: the same arrays and batch order as the main job (v
 main job's metrics.jsonl.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from keras import ops  # pylint: disable=wrong-import-position
 
 from vae_jax import data as data_lib  # pylint: disable=wrong-import-position
-from vae_jax.config import get_config  # pylint: disable=wrong-import-position
+from benchmarks import reference_cli  # pylint: disable=wrong-import-position
 from vae_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 if keras.backend.backend() != "jax":
@@ -51,7 +50,6 @@ if keras.backend.backend() != "jax":
 # TensorFlow import out of this process loudly.
 sys.modules.setdefault("tensorflow", None)
 
-PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies
 
 
 class CVAE(keras.Model):
@@ -320,13 +318,6 @@ def evaluate_elbo(stateless: Stateless, state, test_x, batch_size: int):
   return -sum(float(loss) * n for loss, n in total) / len(test_x), state
 
 
-def load_binarized(spec, train_size):
-  """(train, test) float32 {0, 1} images of `--data spec`, exactly the pixels the JAX main job trains on."""
-  dataset = data_lib.load(spec).take_train(train_size)
-  return (data_lib.binarize(dataset.train_images).astype(np.float32),
-          data_lib.binarize(dataset.test_images).astype(np.float32))
-
-
 def train_keras(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, seed,
                 precision="float32", steps_per_chunk=0, on_epoch=None):
   """Trains the tutorial model on binarized (N, 28, 28, 1) float32 arrays; returns one row per epoch.
@@ -369,33 +360,16 @@ def train_keras(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rat
 
 
 def main(argv=None):
-  d = get_config()  # the main job's defaults, so every side trains the same run unless told otherwise
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.keras_reference",
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument("--data", default=d.data, help="tfds:NAME | idx:DIR | mnist-5k | auto")
-  parser.add_argument("--epochs", type=int, default=d.epochs)
-  parser.add_argument("--train-size", type=int, default=d.train_size,
-                      help="use only the first N training examples")
-  parser.add_argument("--batch-size", type=int, default=d.batch_size)
-  parser.add_argument("--latent-dim", type=int, default=d.latent_dim)
-  parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-  parser.add_argument("--seed", type=int, default=d.seed)
-  parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                      help="Keras dtype policy (mixed_bfloat16: bfloat16 layers, float32 weights and loss)")
+  parser = reference_cli.run_parser("python -m benchmarks.keras_reference", __doc__.splitlines()[0])
   parser.add_argument("--steps-per-chunk", type=int, default=0,
                       help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
-  parser.add_argument("--out", help="JSONL file, one row per epoch (the main job's metrics.jsonl keys)")
   args = parser.parse_args(argv)
 
   try:
-    for name in ("epochs", "batch_size", "latent_dim"):
-      if getattr(args, name) < 1:
-        raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    reference_cli.check_run_args(args)
     if args.steps_per_chunk < 0:
       raise UserError(f"--steps-per-chunk must be >= 0, got {args.steps_per_chunk}")
-    if args.out and os.path.exists(args.out):
-      raise UserError(f"--out {args.out} exists; choose a new file")
-    train_x, test_x = load_binarized(args.data, args.train_size)
+    train_x, test_x = reference_cli.load_binarized(args.data, args.train_size)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -6,7 +6,6 @@ It trains on the arrays the JAX main job trains on (vae_jax.data), in the same b
 with the keys of the main job's metrics.jsonl. TensorFlow is imported only here and in tests, never in vae_jax/.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -23,7 +22,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
 from vae_jax import data as data_lib  # pylint: disable=wrong-import-position
-from vae_jax.config import get_config  # pylint: disable=wrong-import-position
+from benchmarks import reference_cli  # pylint: disable=wrong-import-position
 from vae_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 
@@ -197,13 +196,6 @@ def load_flax_into_tf(flax_model, tf_model):
       variable.assign(keras_params[name][key])
 
 
-def load_binarized(spec, train_size):
-  """(train, test) float32 {0, 1} images of `--data spec`, exactly the pixels the JAX main job trains on."""
-  dataset = data_lib.load(spec).take_train(train_size)
-  return (data_lib.binarize(dataset.train_images).astype(np.float32),
-          data_lib.binarize(dataset.test_images).astype(np.float32))
-
-
 def evaluate_elbo(model, test_dataset):
   """Test ELBO: minus the mean of compute_loss over all test images (batches weighted by their size)."""
   total, count = 0.0, 0
@@ -214,7 +206,6 @@ def evaluate_elbo(model, test_dataset):
   return -total / count
 
 
-PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies
 
 
 def make_model_and_optimizer(latent_dim, learning_rate, precision="float32"):
@@ -284,29 +275,12 @@ def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, 
 
 
 def main(argv=None):
-  d = get_config()  # the main job's defaults, so both sides train the same run unless told otherwise
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.tf_reference",
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument("--data", default=d.data, help="tfds:NAME | idx:DIR | mnist-5k | auto")
-  parser.add_argument("--epochs", type=int, default=d.epochs)
-  parser.add_argument("--train-size", type=int, default=d.train_size,
-                      help="use only the first N training examples")
-  parser.add_argument("--batch-size", type=int, default=d.batch_size)
-  parser.add_argument("--latent-dim", type=int, default=d.latent_dim)
-  parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-  parser.add_argument("--seed", type=int, default=d.seed)
-  parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                      help="Keras dtype policy (mixed_bfloat16: bfloat16 layers, float32 weights and loss)")
-  parser.add_argument("--out", help="JSONL file, one row per epoch (the main job's metrics.jsonl keys)")
+  parser = reference_cli.run_parser("python -m benchmarks.tf_reference", __doc__.splitlines()[0])
   args = parser.parse_args(argv)
 
   try:
-    for name in ("epochs", "batch_size", "latent_dim"):
-      if getattr(args, name) < 1:
-        raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.out and os.path.exists(args.out):
-      raise UserError(f"--out {args.out} exists; choose a new file")
-    train_x, test_x = load_binarized(args.data, args.train_size)
+    reference_cli.check_run_args(args)
+    train_x, test_x = reference_cli.load_binarized(args.data, args.train_size)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
