@@ -67,6 +67,12 @@ def _gemm_operands(layer, x):
   return layer.promote_dtype((x, layer.kernel[...], bias), dtype=dtype)
 
 
+def scope_name(layer) -> str:
+  """The layer's name in compiled programs' metadata (profiles): class and feature sizes, e.g.
+  GemmConvTranspose_64_32; benchmarks.step_profile attributes the step's time to layers by it."""
+  return f"{type(layer).__name__}_{layer.in_features}_{layer.out_features}"
+
+
 class Linear(nnx.Linear):
   """nnx.Linear; with gemm_dtype its GEMMs, forward and backward, take gemm_dtype inputs and
   return float32 (`kernels.dense`), everything else staying float32."""
@@ -76,10 +82,11 @@ class Linear(nnx.Linear):
     self.gemm_dtype = gemm_dtype
 
   def __call__(self, x):
-    if self.gemm_dtype is None:
-      return super().__call__(x)
-    x, kernel, bias = _gemm_operands(self, x)
-    return kernels.dense(x, kernel, bias, self.gemm_dtype)
+    with jax.named_scope(scope_name(self)):
+      if self.gemm_dtype is None:
+        return super().__call__(x)
+      x, kernel, bias = _gemm_operands(self, x)
+      return kernels.dense(x, kernel, bias, self.gemm_dtype)
 
 
 class GemmConv(nnx.Conv):
@@ -113,6 +120,10 @@ class GemmConv(nnx.Conv):
     return pads if all(len(p) == 2 for p in pads) else None
 
   def __call__(self, x):
+    with jax.named_scope(scope_name(self)):
+      return self._call(x)
+
+  def _call(self, x):
     pads = self._gemm_pads(x)
     if pads is None:
       return _activate(super().__call__(x), self.activation, fused=False)
@@ -147,6 +158,10 @@ class GemmConvTranspose(nnx.ConvTranspose):
     return None
 
   def __call__(self, x):
+    with jax.named_scope(scope_name(self)):
+      return self._call(x)
+
+  def _call(self, x):
     stride = self._gemm_stride(x)
     if stride is None:
       return _activate(super().__call__(x), self.activation, fused=False)
