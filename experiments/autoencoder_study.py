@@ -6,9 +6,9 @@ trains conv_ae, mlp_ae (plain autoencoders, BCE) and cvae, mlp (VAEs, ELBO) at l
 2..50, conv_ae with l2 and l1 as well, and conv_ae and cvae on inputs with flipped pixels, each
 run in DIR/runs/<name>/ (a complete run is reused, an interrupted one resumed); trains the
 sample-quality classifier once into DIR/classifier/; and writes DIR/report.md, DIR/report.json and
-DIR/pictures/. Defaults: every training digit, 10 epochs per run (32 runs; hours on a shared
-2-core CPU, where the committed report is a reduced study); `--quick` is a minutes-long preset for tests (latent sizes 2 and 4, one
-epoch, 1,000 samples per sampler).
+DIR/pictures/. Defaults: every training digit, 10 epochs per run (32 runs; about an hour of
+training on a quiet 2-core CPU); `--quick` is a minutes-long preset for tests (latent sizes 2
+and 4, one epoch, 1,000 samples per sampler).
 """
 
 import argparse
