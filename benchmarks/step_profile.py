@@ -58,6 +58,7 @@ def parse_hlo(text: str):
   """{computation: [Instr]} of the compiled module's text."""
   comps, current = {}, None
   for line in text.splitlines():
+    line = re.sub(r"/\*.*?\*/", "", line)  # XLA's /*index=5*/ comments in long tuples
     head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
     if head and "=" not in line.split("{")[0]:
       current = head.group(1)

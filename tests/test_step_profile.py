@@ -56,3 +56,11 @@ def test_layer_scope_reaches_forward_and_backward_gemms():
   # Both dots multiply the 4*4*4 output pixels' 18-long windows by 3 output channels.
   dots = sorted(v[2] for v in gemms if "dot_general" in v[3])
   assert dots == [2 * (4 * 4 * 4) * 18 * 3] * 2
+
+
+def test_entry_with_a_long_tuple_is_read():
+  """XLA writes /*index=5*/ comments into long tuple signatures; the entry's GEMM is still found."""
+  args = [jnp.ones((8, 8)) * i for i in range(7)]
+  info = _classified(lambda *a: tuple(x @ a[0] for x in a), *args)
+  assert sum(v[0] == "gemm" for v in info.values()) == 7
+  assert all(v[2] == 2 * 8 * 8 * 8 for v in info.values() if v[0] == "gemm")
