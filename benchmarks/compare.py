@@ -28,6 +28,7 @@ from vae_jax import data as data_lib
 from vae_jax import hugepages
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
+from vae_jax.machine import cpu_name
 from vae_jax.run import METRICS_FILE, read_metrics
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "tensorflow", "keras", "numpy")
@@ -137,12 +138,8 @@ def run(name: str, argv: list[str], log_path: str) -> None:
 
 
 def machine() -> dict:
-  cpu = platform.processor() or platform.machine()
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
   # Every framework's processes inherit this process's environment (see vae_jax.hugepages).
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+  return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 

@@ -21,20 +21,15 @@ import time
 import numpy as np
 
 from vae_jax import hugepages
+from vae_jax.machine import cpu_name
 
 LATENT_DIM = 50  # the seed's
 
 
 def _machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-  except OSError:
-    pass
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, check=False).stdout.strip() or None
-  return {"cpu": cpu, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+  return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
           "python": platform.python_version(), "commit": commit}
 
 

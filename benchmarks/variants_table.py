@@ -24,6 +24,8 @@ import statistics
 import subprocess
 import sys
 
+from vae_jax.machine import cpu_name
+
 FILES = ("config.json", "metrics.jsonl", "evaluation.json")
 # Settings that tell the variants apart (shown when they differ from the first run).
 VARYING = ("model", "objective", "kl", "beta", "iw_samples", "kl_warmup_epochs", "free_bits",
@@ -109,11 +111,7 @@ def markdown_table(rows: list[dict]) -> list[str]:
 
 
 def machine() -> dict:
-  cpu = platform.processor() or platform.machine()
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+  return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
           "python": platform.python_version()}
 
 

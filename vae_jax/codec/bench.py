@@ -27,6 +27,7 @@ from vae_jax.codec import baselines, container, images as images_lib, lossy
 from vae_jax.codec.files import Codec
 from vae_jax.codec.tables import cpu_device
 from vae_jax.errors import UserError
+from vae_jax.machine import cpu_name
 
 PIXELS = 784
 LN2 = math.log(2.0)
@@ -209,13 +210,7 @@ def _pip_version(name: str):
 
 
 def _machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-  except OSError:
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+  return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()}
 
 
 def _commit() -> str | None:
