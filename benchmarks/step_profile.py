@@ -29,8 +29,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 from benchmarks import throughput
 
 LAYER_RE = re.compile(r"((?:GemmConvTranspose|GemmConv|Linear)_\d+_\d+)")
@@ -155,37 +153,26 @@ def thunk_times(trace_dir: str, module_prefix: str) -> tuple[dict, float]:
 
 def profile(chunks: int, dtype: str) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
-  from vae_jax import parallel, train  # pylint: disable=import-outside-toplevel
   from vae_jax.config import get_config  # pylint: disable=import-outside-toplevel
-  config = dataclasses.replace(get_config(), parallel="none", dtype=dtype)
-  config.validate()
-  strategy = parallel.make_strategy(config.parallel, config.devices)
-  graphdef, state = train.init_state(config)
-  steps = train.Steps(graphdef, config, strategy)
-  length, unroll = train.chunk_plan(config, jax.default_backend())
-  x_u8 = throughput.random_batches(0, length, config.batch_size)
-  xs, masks = strategy.put_batches(x_u8, np.ones(x_u8.shape[:2], np.float32))
-  chunk = steps.chunk(length, unroll)
-  keys = train.run_keys(0)
-  state = strategy.put_state(state)
-  compiled = steps.compiled(chunk, state, xs, masks, keys.noise, 0)
-  hlo = compiled.as_text()
+  config = get_config()
+  bench = throughput.jax_bench(config.batch_size, config.latent_dim, 0, dtype=dtype)
+  length = bench.steps_per_call
+  hlo = bench.hlo_text()
   module = re.search(r"HloModule (\S+?)[,\s]", hlo).group(1)
-  for _ in range(3):  # warm-up
-    state, sums, _ = steps.call(chunk, state, xs, masks, keys.noise, 0)
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(chunks):
-    state, sums, _ = steps.call(chunk, state, xs, masks, keys.noise, 0)
-  jax.block_until_ready(state)
-  plain_ms = (time.perf_counter() - start) / (chunks * length) * 1e3
+
+  def run(calls: int) -> float:
+    """ms per step of `calls` chunks, synced once at the end."""
+    start = time.perf_counter()
+    for _ in range(calls - 1):
+      bench.train()
+    bench.sync(bench.train())
+    return (time.perf_counter() - start) / (calls * length) * 1e3
+
+  run(3)  # warm-up
+  plain_ms = run(chunks)
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir)
-    start = time.perf_counter()
-    for _ in range(chunks):
-      state, sums, _ = steps.call(chunk, state, xs, masks, keys.noise, 0)
-    jax.block_until_ready(state)
-    traced_ms = (time.perf_counter() - start) / (chunks * length) * 1e3
+    traced_ms = run(chunks)
     jax.profiler.stop_trace()
     times, span_us = thunk_times(trace_dir, module)
   info = classify(parse_hlo(hlo))
@@ -223,7 +210,7 @@ def profile(chunks: int, dtype: str) -> dict:
           "steps_profiled": n_steps, "step_ms_untraced": plain_ms, "step_ms_traced": traced_ms,
           "thunk_span_ms_per_step": span_us / 1e3 / n_steps,
           "unattributed_thunk_ms_per_step": unknown_us / 1e3 / n_steps,
-          "layers": dict(layers), "slowest_other": others[:40], "all_other": others,
+          "layers": dict(layers), "other_instructions": others,
           "versions": {"jax": jax.__version__}}
 
 
@@ -247,7 +234,7 @@ def main(argv=None) -> int:
     rate = f"{row['gemm_gflops_per_s']:.0f}" if row["gemm_gflops_per_s"] else "-"
     print(f"{name:28s} {row['gemm_ms']:8.2f} {row['other_ms']:8.2f} "
           f"{100 * row['gemm_ms'] / total if total else 0:6.0f}% {rate:>8s}")
-  for r in result["slowest_other"][:10]:
+  for r in result["other_instructions"][:10]:
     print(f"  {r['ms_per_step']:.3f} ms {r['kind']:10s} {r['layer']:26s} {r['op_name'][-90:]}")
   if args.out:
     with open(args.out, "x") as f:

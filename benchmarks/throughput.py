@@ -51,6 +51,7 @@ class Bench:
   compile_seconds: Callable[[float], float]  # from the first train call's seconds
   device_peak_mib: Callable[[], float | None]
   flops_per_step: float | None = None  # XLA's cost analysis of the compiled training step
+  hlo_text: Callable[[], str] | None = None  # JAX: the compiled training chunk's HLO
 
 
 def random_batches(seed: int, count: int, batch_size: int) -> np.ndarray:
@@ -88,7 +89,8 @@ def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench
     state, sums, _ = steps.call(chunk, state, xs, masks, keys.noise, 0)
     return state, sums
 
-  cost = steps.compiled(chunk, state, xs, masks, keys.noise, 0).cost_analysis()
+  compiled = steps.compiled(chunk, state, xs, masks, keys.noise, 0)
+  cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in older jax
 
   def device_peak_mib():
@@ -102,7 +104,7 @@ def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench
       evaluate=lambda: steps.call(steps.evaluate, state.params, xs, masks, keys.eval),
       eval_images_per_call=length * batch_size, sync=jax.block_until_ready,
       compile_seconds=lambda first_call: steps.compile_seconds, device_peak_mib=device_peak_mib,
-      flops_per_step=cost.get("flops", 0.0) / length if cost else None)
+      flops_per_step=cost.get("flops", 0.0) / length if cost else None, hlo_text=compiled.as_text)
 
 
 def tf_bench(batch_size: int, latent_dim: int, seed: int, precision: str = "float32") -> Bench:
