@@ -70,3 +70,22 @@ def test_gradients_reach_mean_and_logvar_through_reparameterization():
   np.testing.assert_allclose(g_mean, np.ones((1, 2)), rtol=1e-6)
   np.testing.assert_allclose(g_logvar, 0.5 * eps * np.exp(0.5 * np.asarray(logvar)), rtol=1e-6)
 
+
+
+def test_bernoulli_log_likelihood_and_its_gradient_match_numpy_for_any_logit():
+  x = (RNG.random((3, 5, 4, 1)) > 0.5).astype(np.float32)
+  x_logits = (RNG.normal(size=(3, 5, 4, 1)) * 4).astype(np.float32)
+  x_logits[0, 0, :, 0] = [-120.0, -30.0, 0.0, 95.0]  # far tails and the kink of max(l, 0)
+  value, grad = jax.value_and_grad(lambda l: jnp.sum(losses.bernoulli_log_likelihood(l, x)))(x_logits)
+  l64 = x_logits.astype(np.float64)
+  # -softplus(l) + l x, stable in numpy via logaddexp; its derivative is x - sigmoid(l).
+  want = (l64 * x - np.logaddexp(0.0, l64)).reshape(3, -1).sum(axis=1)
+  np.testing.assert_allclose(losses.bernoulli_log_likelihood(x_logits, x), want, rtol=1e-5)
+  np.testing.assert_allclose(value, want.sum(), rtol=1e-5)
+  np.testing.assert_allclose(grad, x - 1.0 / (1.0 + np.exp(-l64)), atol=1e-6)
+
+
+def test_per_example_sum_is_the_sum_over_all_but_the_first_axis():
+  a = RNG.normal(size=(6, 7, 3, 2)).astype(np.float32) * 1e3
+  np.testing.assert_allclose(losses.per_example_sum(a), a.astype(np.float64).reshape(6, -1).sum(1),
+                             rtol=1e-6)

@@ -167,24 +167,28 @@ def _phase_fwd(x, kernel, bias, relu, gemm_dtype):
   return y, (_in(x, gemm_dtype), _in(kernel, gemm_dtype), y)
 
 
+def _dy_windows(dy, h: int, w: int):
+  """(n, h, w, 3, 3, c): dy[n, 2i + r, 2j + s, c] for r, s in 0..2, zero at row or column 2h
+  (2w), built from dy's strided slices in one pass, without a padded copy of dy."""
+  def window(r, s):
+    a = dy[:, r::2, s::2]
+    pads = ((0, 0, 0), (0, h - a.shape[1], 0), (0, w - a.shape[2], 0), (0, 0, 0))
+    return jax.lax.pad(a, _zero(a.dtype), pads)
+  return jnp.stack([jnp.stack([window(r, s) for s in range(3)], axis=3) for r in range(3)], axis=3)
+
+
 def _phase_bwd(relu, gemm_dtype, residuals, dy):
   """Input pixel i reaches output rows 2i + r (r = 0, 1, 2) through kernel row 2 - r (columns
   alike), so both gradients are GEMMs over dy's 3x3 stride-2 windows with the flipped kernel."""
   x, kernel, y = residuals
   n, h, w, c_in = x.shape
   c_out = kernel.shape[-1]
-  dy = jnp.pad(_in(_relu_mask(dy, y, relu), gemm_dtype),
-               ((0, 0), (0, 2), (0, 2), (0, 0)))                          # row 2h reads zeros
-  windows = _windows(dy, 3, 2, (h, w)).reshape(n * h * w, 9 * c_out)      # (r, s, c_out)
+  dy = _relu_mask(dy, y, relu)
+  windows = _dy_windows(_in(dy, gemm_dtype), h, w).reshape(n * h * w, 9 * c_out)  # (r, s, c_out)
   flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9 * c_out, c_in)
   dx = jnp.dot(windows, flipped, preferred_element_type=_acc(gemm_dtype)).reshape(x.shape)
-  # The kernel gradient x^T @ windows, with a column of ones beside x: its row of the product sums
-  # the windows, and those with offsets r, s < 2 cover every dy value once, giving the bias
-  # gradient without another pass over dy.
-  x_ones = jnp.concatenate([x.reshape(-1, c_in), jnp.ones((n * h * w, 1), x.dtype)], axis=1)
-  dflipped = _rows_contracted(x_ones, windows, gemm_dtype).reshape(c_in + 1, 3, 3, c_out)
-  dbias = jnp.sum(dflipped[c_in, :2, :2], axis=(0, 1))
-  return dx, dflipped[:c_in].transpose(1, 2, 0, 3)[::-1, ::-1], dbias
+  dflipped = _rows_contracted(x.reshape(-1, c_in), windows, gemm_dtype).reshape(c_in, 3, 3, c_out)
+  return dx, dflipped.transpose(1, 2, 0, 3)[::-1, ::-1], jnp.sum(dy.reshape(-1, c_out), axis=0)
 
 
 _phase_conv_transpose = jax.custom_vjp(_phase_fwd_core, nondiff_argnums=(3, 4))
@@ -206,45 +210,43 @@ def phase_conv_transpose(x, kernel, bias, relu: bool = False, gemm_dtype=None):
 
 # -- Stride-1, SAME, 3x3 transposed convolution with few output channels (the decoder's last layer).
 
-def _shift(a, dh: int, dw: int):
-  """b[..., i, j] = a[..., i + dh, j + dw] over the last two axes, zero outside a."""
-  pads = [(0, 0, 0)] * (a.ndim - 2) + [(-dh, dh, 0), (-dw, dw, 0)]
-  return jax.lax.pad(a, _zero(a.dtype), pads)
-
-
-def _tap_fwd_core(x, kernel, gemm_dtype):
+def _tap_fwd_core(x, kernel, bias, gemm_dtype):
   n, h, w, c_in = x.shape
   c_out = kernel.shape[-1]
   # taps[kh, kw, co, n, h, w]: pixels last, so the shifted sum runs along contiguous rows.
   taps = jax.lax.dot_general(_in(kernel.transpose(0, 1, 3, 2).reshape(9 * c_out, c_in), gemm_dtype),
                              _in(x.reshape(-1, c_in), gemm_dtype), (((1,), (1,)), ((), ())),
                              preferred_element_type=_acc(gemm_dtype))
-  taps = taps.reshape(3, 3, c_out, n, h, w)
+  # One zero border around every tap's image (one pass; a pad per shifted tap would be nine).
+  taps = jnp.pad(taps.reshape(3, 3, c_out, n, h, w), ((0, 0),) * 4 + ((1, 1), (1, 1)))
   # lax.conv_transpose (stride 1, SAME): output pixel o takes tap k from input o + k - 1.
-  y = sum(_shift(taps[kh, kw], kh - 1, kw - 1) for kh in range(3) for kw in range(3))
-  return y.transpose(1, 2, 3, 0)
+  y = sum(taps[kh, kw, :, :, kh:kh + h, kw:kw + w] for kh in range(3) for kw in range(3))
+  return (y + bias.astype(y.dtype).reshape(c_out, 1, 1, 1)).transpose(1, 2, 3, 0)
 
 
-def _tap_fwd(x, kernel, gemm_dtype):
-  return _tap_fwd_core(x, kernel, gemm_dtype), (_in(x, gemm_dtype), kernel)
+def _tap_fwd(x, kernel, bias, gemm_dtype):
+  return _tap_fwd_core(x, kernel, bias, gemm_dtype), (_in(x, gemm_dtype), kernel)
 
 
 def _tap_bwd(gemm_dtype, residuals, dy):
   x, kernel = residuals
-  c_in, c_out = kernel.shape[2:]
+  n, h, w, c_in = x.shape
+  c_out = kernel.shape[-1]
   dy = dy.transpose(3, 0, 1, 2)  # (c_out, n, h, w)
+  padded = jnp.pad(dy, ((0, 0), (0, 0), (1, 1), (1, 1)))
   # Tap k's product at input pixel p landed on output p - (k - 1).
-  dtaps = [_shift(dy, 1 - kh, 1 - kw) for kh in range(3) for kw in range(3)]
+  dtaps = [padded[:, :, 2 - kh:2 - kh + h, 2 - kw:2 - kw + w] for kh in range(3) for kw in range(3)]
   # The input gradient elementwise (9 * c_out products per value): XLA fuses it with the ReLU
   # gradient of the layer below instead of running a GEMM with a contraction of 9 (in dy's dtype).
   dx = sum(dtaps[3 * kh + kw][..., None] * kernel[kh, kw].T.reshape(c_out, 1, 1, 1, c_in)
            for kh in range(3) for kw in range(3)).sum(axis=0)
   dkernel = jnp.dot(_in(jnp.stack(dtaps).reshape(9 * c_out, -1), gemm_dtype), x.reshape(-1, c_in),
                     preferred_element_type=_acc(gemm_dtype))
-  return dx, dkernel.reshape(3, 3, c_out, c_in).transpose(0, 1, 3, 2)
+  dbias = jnp.sum(dy.reshape(c_out, -1), axis=1)
+  return dx, dkernel.reshape(3, 3, c_out, c_in).transpose(0, 1, 3, 2), dbias
 
 
-_tap_conv_transpose = jax.custom_vjp(_tap_fwd_core, nondiff_argnums=(2,))
+_tap_conv_transpose = jax.custom_vjp(_tap_fwd_core, nondiff_argnums=(3,))
 _tap_conv_transpose.defvjp(_tap_fwd, _tap_bwd)
 
 
@@ -252,12 +254,12 @@ def tap_matmul_conv_transpose(x, kernel, bias, gemm_dtype=None):
   """Stride-1, SAME, 3x3 transposed convolution (lax.conv_transpose semantics) + bias.
 
   One GEMM multiplies every input pixel by all nine taps and the shifted products are added;
-  XLA's own convolution is slow here because the layer has a single output channel.
+  XLA's own convolution is slow here because the layer has a single output channel. The bias
+  is added in the taps' (channel, pixel) layout, where XLA:CPU's loops vectorize over pixels.
   gemm_dtype: see the module docstring (mixed precision).
   """
   assert kernel.shape[:2] == (3, 3), kernel.shape
-  y = _tap_conv_transpose(x, kernel.astype(x.dtype), _gemm_dtype(gemm_dtype))
-  return y + bias.astype(y.dtype).reshape(1, 1, 1, -1)
+  return _tap_conv_transpose(x, kernel.astype(x.dtype), bias.astype(x.dtype), _gemm_dtype(gemm_dtype))
 
 
 # -- Dense layer (mixed precision only: float32 layers run nnx.Linear's own call).

@@ -4,7 +4,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -14,11 +13,28 @@ def log_normal_pdf(sample, mean, logvar, axis=-1):
   return jnp.sum(-0.5 * ((sample - mean) ** 2 * jnp.exp(-logvar) + logvar + _LOG2PI), axis=axis)
 
 
+def per_example_sum(a):
+  """a summed over all axes but the first: (batch, ...) -> (batch,), as one reduction of the
+  flattened (batch, features) array."""
+  return jnp.sum(a.reshape(a.shape[0], -1), axis=1)
+
+
 def bernoulli_log_likelihood(x_logits, x):
-  """log p(x|z) = -sum over pixels of sigmoid cross-entropy(logits, x), per example."""
-  x_logits = x_logits.astype(jnp.float32)
-  cross_ent = optax.sigmoid_binary_cross_entropy(x_logits, x.astype(jnp.float32))
-  return -jnp.sum(cross_ent.reshape(cross_ent.shape[0], -1), axis=-1)
+  """log p(x|z) = -sum over pixels of sigmoid cross-entropy(logits, x), per example.
+
+  The cross-entropy in TensorFlow's form, max(l, 0) - l x + log1p(exp(-|l|)), stable for any
+  logit, with autodiff's gradient sigmoid(l) - x (tests/test_losses.py). On XLA:CPU it and its
+  gradient cost half as much as optax.sigmoid_binary_cross_entropy's two log-sigmoids. The pixels
+  are flattened first: XLA:CPU runs elementwise loops over (..., 28, 28, 1) arrays, whose last
+  axis has one element, several times slower.
+  """
+  x_logits = x_logits.astype(jnp.float32).reshape(x_logits.shape[0], -1)
+  x = x.astype(jnp.float32).reshape(x_logits.shape)
+  # max(l, 0) and -|l| by one comparison, so that autodiff's gradient at l = 0 is 1/2 - x too.
+  positive = x_logits > 0
+  cross_ent = (jnp.where(positive, x_logits, 0.0) - x_logits * x
+               + jnp.log1p(jnp.exp(jnp.where(positive, -x_logits, x_logits))))
+  return -per_example_sum(cross_ent)
 
 
 def kl_mc(z, mean, logvar, axis=-1):
@@ -37,18 +53,14 @@ def kl_analytic(mean, logvar, axis=-1):
   return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=axis)
 
 
-def _per_example_sum(a):
-  return jnp.sum(a.reshape(a.shape[0], -1), axis=-1)
-
-
 def squared_error(x_logits, x):
   """sum over pixels of (sigmoid(logits) - x)^2, per example."""
-  return _per_example_sum((jax.nn.sigmoid(x_logits.astype(jnp.float32)) - x) ** 2)
+  return per_example_sum((jax.nn.sigmoid(x_logits.astype(jnp.float32)) - x) ** 2)
 
 
 def absolute_error(x_logits, x):
   """sum over pixels of |sigmoid(logits) - x|, per example."""
-  return _per_example_sum(jnp.abs(jax.nn.sigmoid(x_logits.astype(jnp.float32)) - x))
+  return per_example_sum(jnp.abs(jax.nn.sigmoid(x_logits.astype(jnp.float32)) - x))
 
 
 def negative_elbo_terms(x_logits, x, z, mean, logvar, kl: str = "mc"):
