@@ -167,28 +167,24 @@ def _phase_fwd(x, kernel, bias, relu, gemm_dtype):
   return y, (_in(x, gemm_dtype), _in(kernel, gemm_dtype), y)
 
 
-def _dy_windows(dy, h: int, w: int):
-  """(n, h, w, 3, 3, c): dy[n, 2i + r, 2j + s, c] for r, s in 0..2, zero at row or column 2h
-  (2w), built from dy's strided slices in one pass, without a padded copy of dy."""
-  def window(r, s):
-    a = dy[:, r::2, s::2]
-    pads = ((0, 0, 0), (0, h - a.shape[1], 0), (0, w - a.shape[2], 0), (0, 0, 0))
-    return jax.lax.pad(a, _zero(a.dtype), pads)
-  return jnp.stack([jnp.stack([window(r, s) for s in range(3)], axis=3) for r in range(3)], axis=3)
-
-
 def _phase_bwd(relu, gemm_dtype, residuals, dy):
   """Input pixel i reaches output rows 2i + r (r = 0, 1, 2) through kernel row 2 - r (columns
   alike), so both gradients are GEMMs over dy's 3x3 stride-2 windows with the flipped kernel."""
   x, kernel, y = residuals
   n, h, w, c_in = x.shape
   c_out = kernel.shape[-1]
-  dy = _relu_mask(dy, y, relu)
-  windows = _dy_windows(_in(dy, gemm_dtype), h, w).reshape(n * h * w, 9 * c_out)  # (r, s, c_out)
+  dy = jnp.pad(_in(_relu_mask(dy, y, relu), gemm_dtype),
+               ((0, 0), (0, 2), (0, 2), (0, 0)))                          # row 2h reads zeros
+  windows = _windows(dy, 3, 2, (h, w)).reshape(n * h * w, 9 * c_out)      # (r, s, c_out)
   flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9 * c_out, c_in)
   dx = jnp.dot(windows, flipped, preferred_element_type=_acc(gemm_dtype)).reshape(x.shape)
-  dflipped = _rows_contracted(x.reshape(-1, c_in), windows, gemm_dtype).reshape(c_in, 3, 3, c_out)
-  return dx, dflipped.transpose(1, 2, 0, 3)[::-1, ::-1], jnp.sum(dy.reshape(-1, c_out), axis=0)
+  # The kernel gradient x^T @ windows, with a column of ones beside x: its row of the product sums
+  # the windows, and those with offsets r, s < 2 cover every dy value once, giving the bias
+  # gradient without another pass over dy.
+  x_ones = jnp.concatenate([x.reshape(-1, c_in), jnp.ones((n * h * w, 1), x.dtype)], axis=1)
+  dflipped = _rows_contracted(x_ones, windows, gemm_dtype).reshape(c_in + 1, 3, 3, c_out)
+  dbias = jnp.sum(dflipped[c_in, :2, :2], axis=(0, 1))
+  return dx, dflipped[:c_in].transpose(1, 2, 0, 3)[::-1, ::-1], dbias
 
 
 _phase_conv_transpose = jax.custom_vjp(_phase_fwd_core, nondiff_argnums=(3, 4))
