@@ -251,7 +251,7 @@ def tap_matmul_conv_transpose(x, kernel, bias, gemm_dtype=None):
 
   One GEMM multiplies every input pixel by all nine taps and the shifted products are added;
   XLA's own convolution is slow here because the layer has a single output channel. The bias
-  is added in the taps' (channel, pixel) layout, where XLA:CPU's loops vectorize over pixels.
+  is added inside, in the taps' (channel, pixel) layout, and its gradient is summed there.
   gemm_dtype: see the module docstring (mixed precision).
   """
   assert kernel.shape[:2] == (3, 3), kernel.shape

@@ -25,8 +25,9 @@ def bernoulli_log_likelihood(x_logits, x):
   The cross-entropy in TensorFlow's form, max(l, 0) - l x + log1p(exp(-|l|)), stable for any
   logit, with autodiff's gradient sigmoid(l) - x (tests/test_losses.py). On XLA:CPU it and its
   gradient cost half as much as optax.sigmoid_binary_cross_entropy's two log-sigmoids. The pixels
-  are flattened first: XLA:CPU runs elementwise loops over (..., 28, 28, 1) arrays, whose last
-  axis has one element, several times slower.
+  are flattened first: XLA:CPU gives the sum over a (batch, 28, 28, 1) array's last three axes to
+  a YNNPACK reduction that costs more than the loss itself
+  (benchmarks/results/cpu_step_loss_layout_2026-12-01_6e3ffc6/).
   """
   x_logits = x_logits.astype(jnp.float32).reshape(x_logits.shape[0], -1)
   x = x.astype(jnp.float32).reshape(x_logits.shape)
