@@ -26,7 +26,7 @@ def bernoulli_log_likelihood(x_logits, x):
   logit, with autodiff's gradient sigmoid(l) - x (tests/test_losses.py). On XLA:CPU it and its
   gradient cost half as much as optax.sigmoid_binary_cross_entropy's two log-sigmoids. The pixels
   are flattened first: XLA:CPU gives the sum over a (batch, 28, 28, 1) array's last three axes to
-  a YNNPACK reduction that costs more than the loss itself
+  a YNNPACK reduction that costs about as much again as the loss
   (benchmarks/results/cpu_step_loss_layout_2026-12-01_6e3ffc6/).
   """
   x_logits = x_logits.astype(jnp.float32).reshape(x_logits.shape[0], -1)
