@@ -226,7 +226,7 @@ def _tap_fwd(x, kernel, bias, gemm_dtype):
 
 def _tap_bwd(gemm_dtype, residuals, dy):
   x, kernel = residuals
-  n, h, w, c_in = x.shape
+  _, h, w, c_in = x.shape
   c_out = kernel.shape[-1]
   dy = dy.transpose(3, 0, 1, 2)  # (c_out, n, h, w)
   padded = jnp.pad(dy, ((0, 0), (0, 0), (1, 1), (1, 1)))

@@ -1,59 +1,66 @@
 """In-process A/B of the training chunk: this checkout's kernels and loss vs a previous commit's.
 
-  PYTHONPATH=. python ab_old_new.py ROUNDS OLD_CHECKOUT
-'old' patches the previous checkout's vae_jax.kernels entry points and losses.bernoulli_log_likelihood
-into this one before building its chunk; 'new' builds with this checkout's. Rounds alternate.
-"""
-import dataclasses, importlib.util, sys, time
-import jax, numpy as np
-from vae_jax import kernels, losses, parallel, train
-from vae_jax.config import get_config
-from benchmarks import throughput
+  PYTHONPATH=. python ab_old_new.py ROUNDS OLD_CHECKOUT [float32|bfloat16]
 
-rounds, old_root = int(sys.argv[1]), sys.argv[2]
+'old' patches the previous checkout's vae_jax.kernels entry points and
+losses.bernoulli_log_likelihood into this one before benchmarks.throughput.jax_bench compiles its
+chunk (the main job's own, batch 100, latent 50); 'new' compiles this checkout's. Rounds alternate,
+each timing 10 chunk calls per version.
+"""
+import importlib.util
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import throughput
+from vae_jax import kernels, losses
+
+ENTRY = ("patch_conv", "phase_conv_transpose", "tap_matmul_conv_transpose", "dense")
+
 
 def load(name, path):
   spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); return mod
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
-old_k = load("old_kernels", f"{old_root}/vae_jax/kernels.py")
-old_l = load("old_losses", f"{old_root}/vae_jax/losses.py")
-ENTRY = ("patch_conv", "phase_conv_transpose", "tap_matmul_conv_transpose", "dense")
-new_fns = {n: getattr(kernels, n) for n in ENTRY}
-new_bll = losses.bernoulli_log_likelihood
 
-def build(name, dtype):
-  for n in ENTRY:
-    setattr(kernels, n, getattr(old_k, n) if name == "old" else new_fns[n])
-  losses.bernoulli_log_likelihood = old_l.bernoulli_log_likelihood if name == "old" else new_bll
-  config = dataclasses.replace(get_config(), parallel="none", dtype=dtype)
-  strategy = parallel.make_strategy(config.parallel, config.devices)
-  graphdef, state = train.init_state(config)
-  steps = train.Steps(graphdef, config, strategy)
-  length, unroll = train.chunk_plan(config, jax.default_backend())
-  x_u8 = throughput.random_batches(0, length, config.batch_size)
-  xs, masks = strategy.put_batches(x_u8, np.ones(x_u8.shape[:2], np.float32))
-  keys = train.run_keys(0)
-  state = strategy.put_state(state)
-  compiled = steps.compiled(steps.chunk(length, unroll), state, xs, masks, keys.noise, 0)
-  return [compiled, state, xs, masks, keys.noise], length
+def main():
+  rounds, old_root = int(sys.argv[1]), sys.argv[2]
+  dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
+  old_kernels = load("old_kernels", f"{old_root}/vae_jax/kernels.py")
+  old_losses = load("old_losses", f"{old_root}/vae_jax/losses.py")
+  versions = {
+      "old": ({n: getattr(old_kernels, n) for n in ENTRY}, old_losses.bernoulli_log_likelihood),
+      "new": ({n: getattr(kernels, n) for n in ENTRY}, losses.bernoulli_log_likelihood),
+  }
+  benches = {}
+  for name, (entry, bll) in versions.items():  # patched while jax_bench traces and compiles
+    for n, fn in entry.items():
+      setattr(kernels, n, fn)
+    losses.bernoulli_log_likelihood = bll
+    benches[name] = throughput.jax_bench(100, 50, 0, dtype=dtype)
+  ms = {name: [] for name in benches}
+  loss = {}
+  for r in range(rounds):
+    for name in (list(benches) if r % 2 == 0 else list(benches)[::-1]):
+      bench = benches[name]
+      bench.sync(bench.train())
+      start = time.perf_counter()
+      for _ in range(10):
+        out = bench.train()
+      bench.sync(out)
+      ms[name].append((time.perf_counter() - start) / (10 * bench.steps_per_call) * 1e3)
+      sums = out[1]
+      loss[name] = float(sums["loss"]) / float(sums["count"])
+  length = benches["new"].steps_per_call
+  print(f"dtype {dtype}, {rounds} rounds of 10 chunks x {length} steps, batch 100; step ms per round:")
+  for name in benches:
+    print(f"  {name}: median {np.median(ms[name]):.2f}  min {min(ms[name]):.2f}  "
+          f"last chunk mean loss {loss[name]:.4f}  {[round(v, 2) for v in ms[name]]}")
+  print(f"new/old speed (old median / new median): {np.median(ms['old']) / np.median(ms['new']):.3f}")
 
-dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
-calls = {}
-for name in ("old", "new"):
-  calls[name], length = build(name, dtype)
-res = {n: [] for n in calls}; losses_at = {}
-for r in range(rounds):
-  for n, box in (calls.items() if r % 2 == 0 else reversed(list(calls.items()))):
-    c = box[0]
-    box[1], sums, per = c(box[1], *box[2:], 0); jax.block_until_ready(sums)
-    s = time.perf_counter()
-    for _ in range(10):
-      box[1], sums, per = c(box[1], *box[2:], 0)
-    jax.block_until_ready(sums)
-    res[n].append((time.perf_counter() - s) / (10 * length) * 1e3)
-    losses_at[n] = float(per[-1])
-print(f"dtype {dtype}, {rounds} rounds of 10 chunks x {length} steps, batch 100; step ms per round:")
-for n in calls:
-  print(f"  {n}: median {np.median(res[n]):.2f}  min {min(res[n]):.2f}  last chunk loss {losses_at[n]:.4f}  {[round(v, 2) for v in res[n]]}")
-print(f"new/old speed (old median / new median): {np.median(res['old']) / np.median(res['new']):.3f}")
+
+if __name__ == "__main__":
+  main()
