@@ -25,11 +25,11 @@ import time
 
 from benchmarks import report as report_lib
 from vae_jax import data as data_lib
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 from vae_jax.machine import cpu_name
-from vae_jax.run import METRICS_FILE, read_metrics
+from vae_jax.training.run import METRICS_FILE, read_metrics
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "tensorflow", "keras", "numpy")
 FRAMEWORKS = tuple(report_lib.FRAMEWORKS)  # jax (the port), tf, keras_jax
@@ -138,7 +138,7 @@ def run(name: str, argv: list[str], log_path: str) -> None:
 
 
 def machine() -> dict:
-  # Every framework's processes inherit this process's environment (see vae_jax.hugepages).
+  # Every framework's processes inherit this process's environment (see vae_jax.training.hugepages).
   return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 

@@ -4,7 +4,7 @@
 
 Two measurements per chunk size S (latent 50, float32, freshly initialized weights):
 `decode`: the jitted decoder on S latent vectors (logits out); `log_weights`: the evaluator's own
-jitted call (vae_jax.likelihood.log_importance_weights) on --images images with k = S samples
+jitted call (vae_jax.research.likelihood.log_importance_weights) on --images images with k = S samples
 each, in one chunk: noise, decoder, cross-entropy and the importance weights. Compilation is timed
 apart; each call is synced (block_until_ready); median and 10th/90th percentiles over --reps calls
 after one warm-up. FLOPs per sample from XLA's cost analysis of the compiled decoder.
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 from vae_jax.machine import cpu_name
 
 LATENT_DIM = 50  # the seed's
@@ -52,8 +52,8 @@ def measure(chunk: int, images: int, reps: int, conv_transpose: str, dtype: str)
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from vae_jax import likelihood  # pylint: disable=import-outside-toplevel
-  from vae_jax.models import CVAE  # pylint: disable=import-outside-toplevel
+  from vae_jax.research import likelihood  # pylint: disable=import-outside-toplevel
+  from vae_jax.nn.models import CVAE  # pylint: disable=import-outside-toplevel
   model = CVAE(LATENT_DIM, rngs=nnx.Rngs(params=0), conv_transpose=conv_transpose,
                dtype=jnp.bfloat16 if dtype == "bfloat16" else None)
   graphdef, state = nnx.split(model)

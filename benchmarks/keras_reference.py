@@ -25,7 +25,7 @@ import platform
 import sys
 import time
 
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 
 if __name__ == "__main__":
   hugepages.relaunch()  # before JAX loads: glibc reads GLIBC_TUNABLES at start
@@ -162,7 +162,7 @@ def make_model_and_optimizer(latent_dim, learning_rate, precision="float32"):
   return model, optimizer
 
 
-# Flax attribute of vae_jax.models.CVAE -> (Keras Sequential attribute, index in its .layers, layer class),
+# Flax attribute of vae_jax.nn.models.CVAE -> (Keras Sequential attribute, index in its .layers, layer class),
 # as benchmarks.tf_reference.FLAX_TO_KERAS (which needs TensorFlow). Sequential.layers leaves out the
 # InputLayer.
 FLAX_TO_KERAS = {
@@ -213,7 +213,7 @@ def flax_tree(model, values):
 
 def chunk_plan(backend: str, steps_per_chunk: int = 0) -> tuple[int, bool]:
   """(steps per jitted chunk, unrolled?): steps_per_chunk, else 10 unrolled on CPU and 100 rolled
-  elsewhere, as vae_jax.train.chunk_plan (XLA:CPU runs convolutions in a rolled loop slowly)."""
+  elsewhere, as vae_jax.training.train.chunk_plan (XLA:CPU runs convolutions in a rolled loop slowly)."""
   length, unroll = (10, True) if backend == "cpu" else (100, False)
   return steps_per_chunk or length, unroll
 

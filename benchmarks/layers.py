@@ -39,7 +39,7 @@ def retain_freed_memory() -> bool:
   the next call, while TensorFlow's allocator
   keeps its memory: a per-call benchmark would mostly time the page faults. (A training chunk's
   88 MB of temporaries are beyond what this can keep: glibc maps them afresh on every call from
-  its worker thread, which vae_jax/hugepages.py puts on huge pages instead.)
+  its worker thread, which vae_jax/training/hugepages.py puts on huge pages instead.)
   """
   if not sys.platform.startswith("linux"):
     return False
@@ -66,7 +66,7 @@ def best_ms(call, sync, repeats: int = 5, calls: int = 30) -> float:
 def jax_layers() -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from vae_jax import kernels  # pylint: disable=import-outside-toplevel
+  from vae_jax.nn import kernels  # pylint: disable=import-outside-toplevel
   out = {}
   for name, (kind, size, c_in, c_out, stride, relu) in LAYERS.items():
     keys = jax.random.split(jax.random.key(0), 3)

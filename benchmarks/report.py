@@ -224,7 +224,7 @@ def markdown(report: dict) -> str:
             f"- date: {report['date']}",
             f"- machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
             f"- environment of every framework's runs: GLIBC_TUNABLES="
-            f"`{m.get('glibc_tunables') or '(unset)'}` (vae_jax/hugepages.py)",
+            f"`{m.get('glibc_tunables') or '(unset)'}` (vae_jax/training/hugepages.py)",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
   return "\n".join(lines)
 

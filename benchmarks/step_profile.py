@@ -2,11 +2,11 @@
 
   python -m benchmarks.step_profile --chunks 20 --out profile.json [--dtype bfloat16]
 
-Compiles the main job's training chunk (vae_jax.train.Steps, batch 100, the default CVAE), runs
+Compiles the main job's training chunk (vae_jax.training.train.Steps, batch 100, the default CVAE), runs
 --chunks of it under jax.profiler, and reads the XLA:CPU thunk events of the trace: each names the
 HLO instruction it ran. The compiled HLO says what each instruction is (a dot, a convolution, a
 fusion that contains one, or elementwise/layout work) and which layer it came from (the
-`vae_jax.layers.scope_name` named scope in its op_name, forward and backward alike; none for the
+`vae_jax.nn.layers.scope_name` named scope in its op_name, forward and backward alike; none for the
 loss, Adam and the glue between layers). The report gives, per layer and per step, the
 milliseconds of GEMM thunks and of the rest, the layer's GEMM FLOPs and the rate they ran at, and
 the slowest non-GEMM instructions. Thunks of one step can overlap on the two cores, so thunk

@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 
 if __name__ == "__main__":
   hugepages.relaunch()  # before TensorFlow loads: glibc reads GLIBC_TUNABLES at start
@@ -129,7 +129,7 @@ def train_step(model, x, optimizer):
   return loss
 
 
-# Flax attribute of vae_jax.models.CVAE -> (Keras Sequential attribute, index in its .layers, layer class).
+# Flax attribute of vae_jax.nn.models.CVAE -> (Keras Sequential attribute, index in its .layers, layer class).
 # Keras 3's Sequential.layers leaves out the InputLayer.
 FLAX_TO_KERAS = {
     "enc_conv1": ("inference_net", 0, tf.keras.layers.Conv2D),

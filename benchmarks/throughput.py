@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vae_jax import data as data_lib
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 
@@ -61,16 +61,17 @@ def random_batches(seed: int, count: int, batch_size: int) -> np.ndarray:
 
 
 def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench:
-  """The main job's own compiled functions (vae_jax.train.Steps), on one device by default.
+  """The main job's own compiled functions (vae_jax.training.train.Steps), on one device by default.
 
   `overrides` are Config fields (conv_transpose, dtype, steps_per_chunk, parallel, devices, ...).
   """
   # Imported here so that a TF run never loads JAX, and the other way round.
   import jax  # pylint: disable=import-outside-toplevel
-  from vae_jax import parallel, train  # pylint: disable=import-outside-toplevel
+  from vae_jax.nn import resolve  # pylint: disable=import-outside-toplevel
+  from vae_jax.training import parallel, train  # pylint: disable=import-outside-toplevel
   config = dataclasses.replace(get_config(), batch_size=batch_size, latent_dim=latent_dim,
                                seed=seed, **{"parallel": "none", **overrides})
-  config.validate()
+  resolve.check(config)
   if config.devices:  # simulated devices where the CPU is the only platform; before JAX starts
     jax.config.update("jax_num_cpu_devices", config.devices)
   strategy = parallel.make_strategy(config.parallel, config.devices)
@@ -265,13 +266,13 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=500, help="training steps timed (whole calls)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--parallel", choices=("none", "sharded", "pmap"), default="none",
-                 help="jax: data-parallel strategy of the main job (vae_jax.parallel)")
+                 help="jax: data-parallel strategy of the main job (vae_jax.training.parallel)")
   p.add_argument("--devices", type=int,
                  help="jax: data-parallel over this many devices (simulated ones on a CPU host)")
   p.add_argument("--steps-per-chunk", type=int, default=0,
                  help="jax, keras_jax: steps per compiled chunk (0: the backend's default)")
   p.add_argument("--micro-batches", type=int, default=0,
-                 help="jax: parts each step's batch is split into (0: vae_jax.train's default)")
+                 help="jax: parts each step's batch is split into (0: vae_jax.training.train's default)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="jax: bfloat16 is mixed precision: float32 parameters, activations, loss and Adam; only the GEMMs take bfloat16 inputs, accumulating in float32")
   p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
     p.error("--keras-form is for --framework keras_jax")
   result = {"framework": args.framework, "latent_dim": args.latent_dim,
             "precision": args.dtype if args.framework == "jax" else args.precision,
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # vae_jax/hugepages.py
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # vae_jax/training/hugepages.py
   try:
     if args.framework == "jax":
       result.update(parallel=args.parallel, devices=args.devices, micro_batches=args.micro_batches)

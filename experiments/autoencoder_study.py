@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -59,7 +59,7 @@ FLAGS = {  # flag: (StudyConfig field, parser, help)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  from vae_jax.study import StudyConfig  # pylint: disable=import-outside-toplevel
+  from vae_jax.study.runner import StudyConfig  # pylint: disable=import-outside-toplevel
   defaults = StudyConfig()
   p = argparse.ArgumentParser(prog="python -m experiments.autoencoder_study", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def study_config(args: argparse.Namespace):
   """StudyConfig from the flags: the defaults (or --quick's), overridden by every flag given."""
-  from vae_jax import study  # pylint: disable=import-outside-toplevel
+  from vae_jax.study import runner as study  # pylint: disable=import-outside-toplevel
   base = study.quick() if args.quick else study.StudyConfig()
   given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in FLAGS.items()}
   return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-  from vae_jax import study, study_report  # pylint: disable=import-outside-toplevel
+  from vae_jax.study import runner as study, report as study_report  # pylint: disable=import-outside-toplevel
   from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
     results = study.run_study(study_config(args), args.out)

@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -12,8 +12,8 @@ import os
 import sys
 import warnings
 
-from vae_jax import hugepages
-from vae_jax.evaluation import Settings
+from vae_jax.training import hugepages
+from vae_jax.research.evaluation import Settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-  from vae_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from vae_jax.research import evaluation  # pylint: disable=import-outside-toplevel
   from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   settings = Settings(iw_samples=args.iw_samples, test_size=args.test_size, seed=args.seed,
                       chunk=args.chunk, batch=args.batch, data=args.data)

@@ -18,7 +18,8 @@ import os
 import sys
 import warnings
 
-from vae_jax import hugepages, interrupts
+from vae_jax.training import hugepages
+from vae_jax import interrupts
 from vae_jax.config import Config, get_config
 from vae_jax.errors import UserError, flush_std_streams, report
 
@@ -80,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--devices", type=int, default=d.devices,
                  help="data-parallel over this many devices (default: all visible)")
   p.add_argument("--conv-transpose", choices=("gemm", "xla"), default=d.conv_transpose,
-                 help="gemm: every convolution as exact GEMMs (vae_jax.models); xla: Flax's layers")
+                 help="gemm: every convolution as exact GEMMs (vae_jax.nn.models); xla: Flax's layers")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype,
                  help="compute dtype of the layers (parameters and loss stay float32)")
   p.add_argument("--workdir", default="runs/mnist_vae", help="outputs; never overwritten")
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
   warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
   try:
-    from vae_jax import parallel, run  # pylint: disable=import-outside-toplevel
+    from vae_jax.training import parallel, run  # pylint: disable=import-outside-toplevel
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     run.train_and_evaluate(config, args.workdir, resume=args.resume)
   except UserError as e:
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     report(str(e))
     return e.exit_code
   except OSError as e:  # an I/O failure no narrower handler named
-    from vae_jax.workdir import reason  # pylint: disable=import-outside-toplevel
+    from vae_jax.training.workdir import reason  # pylint: disable=import-outside-toplevel
     report(f"error: {e.filename}: {reason(e)}" if e.filename else f"error: {reason(e)}")
     return 2
   return 0

@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from vae_jax import classifier, data
+from vae_jax.study import classifier
+from vae_jax import data
 from vae_jax.batched import map_batches
 from vae_jax.errors import UserError
 

@@ -14,8 +14,9 @@ import pytest
 from scipy.special import ndtr, ndtri
 
 from experiments import compress as compress_cli
-from vae_jax import data, pretrained, run, train
-from vae_jax.checkpoints import Checkpoints
+from vae_jax import data, pretrained
+from vae_jax.training import run, train
+from vae_jax.training.checkpoints import Checkpoints
 from vae_jax.codec import baselines, bitsback, container, files, images, lossy
 from vae_jax.config import Config
 from vae_jax.errors import UserError

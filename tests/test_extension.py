@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import config as config_lib
-from vae_jax import data, objectives, run
+from vae_jax import data
+from vae_jax.nn import objectives
+from vae_jax.training import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

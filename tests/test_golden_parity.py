@@ -17,8 +17,8 @@ import optax
 import pytest
 from flax import nnx
 
-from vae_jax import losses, models
-from vae_jax.train import keras_adam
+from vae_jax.nn import losses, models
+from vae_jax.training.train import keras_adam
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "tf_golden.npz")
 LR = 1e-4

@@ -1,11 +1,11 @@
-"""vae_jax.hugepages: when entry points re-execute themselves with glibc's huge-page tunable."""
+"""vae_jax.training.hugepages: when entry points re-execute themselves with glibc's huge-page tunable."""
 
 import os
 import platform
 import subprocess
 import sys
 
-from vae_jax import hugepages
+from vae_jax.training import hugepages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

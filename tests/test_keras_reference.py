@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vae_jax import losses, models
-from vae_jax.train import keras_adam
+from vae_jax.nn import losses, models
+from vae_jax.training.train import keras_adam
 
 BATCH, LATENT, LR = 8, 4, 1e-4
 ACT_TOL = dict(rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""vae_jax.likelihood against log p(x) by quadrature, the ELBO in closed form, and the evaluator CLI."""
+"""vae_jax.research.likelihood against log p(x) by quadrature, the ELBO in closed form, and the evaluator CLI."""
 
 import itertools
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vae_jax import likelihood
+from vae_jax.research import likelihood
 from experiments import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import losses, models
+from vae_jax.nn import losses, models
 
 RNG = np.random.default_rng(0)
 

@@ -15,7 +15,8 @@ import pytest
 from flax import nnx
 
 from vae_jax import config as config_lib
-from vae_jax import kernels, layers, train
+from vae_jax.nn import kernels, layers
+from vae_jax.training import train
 
 BF16 = jnp.bfloat16
 

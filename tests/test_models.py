@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from vae_jax import config as config_lib
-from vae_jax import kernels, layers, models
+from vae_jax.nn import kernels, layers, models, resolve
 from vae_jax.errors import UserError
 
 
@@ -250,7 +250,7 @@ def test_register_model_from_outside_and_unknown_names():
   try:
     config = dataclasses.replace(config_lib.Config(), model="test_linear_ae", objective="l2",
                                  latent_dim=4)
-    config.validate()
+    resolve.check(config)
     model = models.create_model(config, jax.random.key(0))
     assert model.decode(model.encode(jnp.zeros((2, 28, 28, 1)))[0]).shape == (2, 28, 28, 1)
     with pytest.raises(ValueError, match="already registered"):
@@ -258,4 +258,4 @@ def test_register_model_from_outside_and_unknown_names():
   finally:
     del models.MODELS["test_linear_ae"]
   with pytest.raises(UserError, match="--model 'test_linear_ae' is not registered; known: conv_ae"):
-    dataclasses.replace(config_lib.Config(), model="test_linear_ae").validate()
+    resolve.check(dataclasses.replace(config_lib.Config(), model="test_linear_ae"))

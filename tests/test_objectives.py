@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vae_jax import config as config_lib
-from vae_jax import models, objectives, train
+from vae_jax.nn import models, objectives, resolve
+from vae_jax.training import train
 from vae_jax.errors import UserError
 
 BATCH, LATENT = 4, 3
@@ -38,7 +39,7 @@ def vae():
 
 def _terms(name, model, x, key_B, kl_weight=1.0, train_=False, **overrides):
   config = _config(model="mlp" if model.stochastic else "mlp_ae", objective=name, **overrides)
-  config.validate()
+  resolve.check(config)
   ctx = objectives.Context(config, kl_weight, x, train_)
   return {k: np.asarray(v, np.float64) for k, v in objectives.get_objective(name).fn(
       model, x, key_B, ctx).items()}
@@ -182,19 +183,19 @@ def test_denoising_flips_a_fraction_of_the_inputs_and_keeps_the_target():
 
 def test_objective_and_model_pairs_that_make_no_sense_are_refused():
   with pytest.raises(UserError, match="--objective iwae needs a VAE but --model conv_ae"):
-    _config(model="conv_ae", objective="iwae").validate()
+    resolve.check(_config(model="conv_ae", objective="iwae"))
   with pytest.raises(UserError, match="--objective l2 needs a deterministic autoencoder"):
-    _config(model="mlp", objective="l2").validate()
+    resolve.check(_config(model="mlp", objective="l2"))
   with pytest.raises(UserError, match="--iw-samples does not apply to --objective elbo"):
-    _config(model="mlp", iw_samples=4).validate()
+    resolve.check(_config(model="mlp", iw_samples=4))
   with pytest.raises(UserError, match="--free-bits does not apply to --objective iwae"):
-    _config(model="mlp", objective="iwae", free_bits=0.5).validate()
+    resolve.check(_config(model="mlp", objective="iwae", free_bits=0.5))
   with pytest.raises(UserError, match="--beta does not apply to --objective bce"):
-    _config(model="mlp_ae", objective="bce", beta=2.0).validate()
+    resolve.check(_config(model="mlp_ae", objective="bce", beta=2.0))
   with pytest.raises(UserError, match="--hidden-sizes does not apply to --model cvae"):
-    dataclasses.replace(config_lib.Config(), hidden_sizes=(10,)).validate()
+    resolve.check(dataclasses.replace(config_lib.Config(), hidden_sizes=(10,)))
   with pytest.raises(UserError, match="--objective 'nope' is not registered"):
-    _config(objective="nope").validate()
+    resolve.check(_config(objective="nope"))
   for bad, message in ((dict(beta=-1.0), "--beta must be >= 0"),
                        (dict(iw_samples=0), "--iw-samples must be >= 1"),
                        (dict(kl_warmup_epochs=-1), "--kl-warmup-epochs must be >= 0"),
@@ -203,4 +204,4 @@ def test_objective_and_model_pairs_that_make_no_sense_are_refused():
                        (dict(binarize="otsu"), "--binarize must be threshold or dynamic"),
                        (dict(model="mlp", activation="sin"), "--activation must be one of")):
     with pytest.raises(UserError, match=message):
-      _config(**bad).validate()
+      resolve.check(_config(**bad))

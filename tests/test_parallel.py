@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 
 from vae_jax import config as config_lib
-from vae_jax import run
+from vae_jax.training import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Simulated CPU devices even where there is an accelerator.
@@ -33,7 +33,8 @@ ELBO_RTOL = 1e-6
 # so that one child can also check refusals.
 CHILD = """
 import dataclasses, json, sys
-from vae_jax import config, parallel, run
+from vae_jax import config
+from vae_jax.training import parallel, run
 from vae_jax.errors import UserError
 spec = json.loads(sys.argv[1])
 parallel.initialize_distributed(*spec["distributed"])

@@ -17,8 +17,8 @@ import tensorflow as tf
 from flax import nnx
 
 from benchmarks import tf_reference as tfr
-from vae_jax import losses, models
-from vae_jax.train import keras_adam
+from vae_jax.nn import losses, models
+from vae_jax.training.train import keras_adam
 
 BATCH = 8
 LATENT = 4

@@ -19,7 +19,7 @@ import sys
 import pytest
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-from vae_jax import workdir
+from vae_jax.training import workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--epochs", "3", "--train-size", "40", "--batch-size", "8", "--latent-dim", "2",
@@ -32,7 +32,7 @@ ENOSPC = os.strerror(errno.ENOSPC)
 # row is written, i.e. in the middle of epoch 2; ENOSPC makes epoch 3's picture hit a full disk.
 CHILD = """
 import errno, os, signal, sys
-from vae_jax import pictures, train
+from vae_jax.training import pictures, train
 from experiments import mnist_vae
 what, argv = sys.argv[1], sys.argv[2:]
 metrics = os.path.join(argv[argv.index("--workdir") + 1], "metrics.jsonl")
@@ -300,7 +300,8 @@ def test_torn_and_damaged_files_are_told_apart(tmp_path):
 
 
 def test_divergence_in_the_first_epoch_says_no_checkpoint_is_kept(idx_dir, tmp_path):
-  from vae_jax import config, run  # pylint: disable=import-outside-toplevel
+  from vae_jax import config
+  from vae_jax.training import run  # pylint: disable=import-outside-toplevel
   # Adam's first step moves every parameter by about the learning rate: the second step overflows.
   cfg = dataclasses.replace(config.tiny(), data=f"idx:{idx_dir}", learning_rate=1e30, epochs=1)
   path = str(tmp_path / "w")

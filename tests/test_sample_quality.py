@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vae_jax import sample_quality
+from vae_jax.study import sample_quality
 
 
 def _sqrtm_psd(a):

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import step_profile
-from vae_jax import layers
+from vae_jax.nn import layers
 
 
 def _classified(fn, *args):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vae_jax import latent, study, study_report
-from vae_jax.checkpoints import Checkpoints
+from vae_jax.study import latent, runner as study, report as study_report
+from vae_jax.training.checkpoints import Checkpoints
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 

@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from vae_jax import config as config_lib
-from vae_jax import losses
-from vae_jax import run
-from vae_jax import workdir as workdir_lib
+from vae_jax.nn import losses
+from vae_jax.training import run
+from vae_jax.training import workdir as workdir_lib
 from vae_jax.errors import UserError
 
 
@@ -112,7 +112,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(cfg, tmp_p
 
 
 def test_micro_batches_give_the_same_step_and_bad_splits_fail(cfg):
-  from vae_jax import train  # pylint: disable=import-outside-toplevel
+  from vae_jax.training import train  # pylint: disable=import-outside-toplevel
   config = dataclasses.replace(cfg, batch_size=8)
   graphdef, state = train.init_state(config)
   x = (jax.random.uniform(jax.random.key(1), (8, 28, 28, 1)) > 0.5).astype(jnp.uint8)

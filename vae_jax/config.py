@@ -10,12 +10,13 @@ import dataclasses
 
 from vae_jax.errors import UserError
 
-# Settings that only some models or objectives read (Model.settings, Objective.settings).
+# Settings that only some models or objectives read (Model.settings, Objective.settings;
+# vae_jax.nn.resolve refuses one changed from its default that the run's model or objective ignores).
 MODEL_SETTINGS = ("conv_transpose", "hidden_sizes", "activation")
 OBJECTIVE_SETTINGS = ("kl", "beta", "iw_samples", "kl_warmup_epochs", "free_bits", "denoise")
 
 
-def _flag(field: str) -> str:
+def flag(field: str) -> str:
   return "--" + field.replace("_", "-")
 
 
@@ -29,15 +30,15 @@ class Config:
   binarize: str = "threshold"        # 'threshold': pixel >= 0.5 (the seed); 'dynamic': each epoch's
                                      # pixels ~ Bernoulli(intensity/255), test set drawn once
   # model
-  model: str = "cvae"                # a name in vae_jax.models.MODELS: cvae | mlp | mlp_ae | conv_ae
+  model: str = "cvae"                # a name in vae_jax.nn.models.MODELS: cvae | mlp | mlp_ae | conv_ae
   latent_dim: int = 50               # 2 gives the latent-manifold picture
   hidden_sizes: tuple[int, ...] = (200, 200)  # mlp, mlp_ae: hidden layer widths (decoder reversed)
-  activation: str = "tanh"           # mlp, mlp_ae: hidden activation (vae_jax.models.ACTIVATIONS)
+  activation: str = "tanh"           # mlp, mlp_ae: hidden activation (vae_jax.nn.models.ACTIVATIONS)
   conv_transpose: str = "gemm"       # 'gemm': every conv as exact GEMMs; 'xla': Flax's Conv layers
   dtype: str = "float32"             # 'bfloat16': mixed precision, float32 everywhere except the
-                                     # GEMM inputs (float32 accumulation; vae_jax.layers)
+                                     # GEMM inputs (float32 accumulation; vae_jax.nn.layers)
   # objective and optimizer
-  objective: str = "elbo"            # a name in vae_jax.objectives.OBJECTIVES: elbo | iwae | bce | l2 | l1
+  objective: str = "elbo"            # a name in vae_jax.nn.objectives.OBJECTIVES: elbo | iwae | bce | l2 | l1
   kl: str = "mc"                     # elbo: 'mc', the seed's one-sample estimate; 'analytic': closed form
   beta: float = 1.0                  # elbo, iwae: weight of the KL term (beta-VAE)
   iw_samples: int = 1                # iwae: importance samples k per example
@@ -64,7 +65,11 @@ class Config:
     object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
 
   def validate(self) -> None:
-    """Raises UserError with a one-line message for impossible settings."""
+    """Raises UserError with a one-line message for impossible plain values.
+
+    The names (model, objective, activation) and which settings apply to them are checked where
+    they are resolved, by `vae_jax.nn.resolve.check`.
+    """
     def need(ok, message):
       if not ok:
         raise UserError(message)
@@ -100,31 +105,6 @@ class Config:
     need(self.free_bits >= 0 and finite(self.free_bits),
          f"--free-bits must be >= 0 and finite, got {self.free_bits}")
     need(0 <= self.denoise < 1, f"--denoise must be in [0, 1), got {self.denoise}")
-    # The registries check the names, the model/objective pair and the settings each one reads.
-    from vae_jax import models, objectives  # pylint: disable=import-outside-toplevel
-    model = models.get_model_class(self.model)
-    objective = objectives.get_objective(self.objective)
-    need(self.activation in models.ACTIVATIONS,
-         f"--activation must be one of {', '.join(sorted(models.ACTIVATIONS))}, got {self.activation!r}")
-    if objective.stochastic is not None and objective.stochastic != model.stochastic:
-      kind = lambda stochastic: "a VAE" if stochastic else "a deterministic autoencoder"
-      fits = sorted(n for n, o in objectives.OBJECTIVES.items()
-                    if o.stochastic in (None, model.stochastic))
-      raise UserError(f"--objective {self.objective} needs {kind(objective.stochastic)} but "
-                      f"--model {self.model} is {kind(model.stochastic)}; use --objective "
-                      f"{' | '.join(fits)}")
-    self._check_applies(model.settings, MODEL_SETTINGS, f"--model {self.model}")
-    if objective.settings is not None:
-      self._check_applies(objective.settings, OBJECTIVE_SETTINGS, f"--objective {self.objective}")
-
-  def _check_applies(self, used, candidates, who: str) -> None:
-    """Refuses a setting changed from its default that `who` would silently ignore."""
-    defaults = Config()
-    for name in candidates:
-      if name not in used and getattr(self, name) != getattr(defaults, name):
-        reads = (", ".join(_flag(n) for n in candidates if n in used)
-                 or f"none of {', '.join(map(_flag, candidates))}")
-        raise UserError(f"{_flag(name)} does not apply to {who}, which reads {reads}")
 
 
 def get_config() -> Config:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax import losses
+from vae_jax.nn import losses
 from vae_jax.codec import baselines, container, images as images_lib, lossy
 from vae_jax.codec.files import Codec
 from vae_jax.codec.tables import cpu_device

@@ -27,7 +27,7 @@ import numpy as np
 
 from vae_jax.codec.tables import ModelTables, Precision
 from vae_jax.errors import UserError
-from vae_jax.models import IMAGE_SHAPE
+from vae_jax.nn.models import IMAGE_SHAPE
 
 _SEED_STRING = b"vae_jax bits-back initial words v1"
 

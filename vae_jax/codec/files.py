@@ -12,7 +12,7 @@ from tqdm import tqdm
 from vae_jax.codec import bitsback, container, lossy
 from vae_jax.codec.tables import ModelTables, Precision, fingerprint
 from vae_jax.errors import UserError
-from vae_jax.models import IMAGE_SHAPE
+from vae_jax.nn.models import IMAGE_SHAPE
 
 
 @dataclasses.dataclass

@@ -15,7 +15,8 @@ import tempfile
 import imageio.v3 as iio
 import numpy as np
 
-from vae_jax import data, pictures
+from vae_jax import data
+from vae_jax.training import pictures
 from vae_jax.errors import UserError
 
 IDX_NAME, PREVIEW_NAME = "images-idx3-ubyte.gz", "preview.png"

@@ -42,7 +42,7 @@ def params_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 
 def build(config: Config, params: dict[str, np.ndarray]) -> nnx.Module:
   """The config's model with the given parameters (every one of them, of matching shape)."""
-  from vae_jax import train  # pylint: disable=import-outside-toplevel
+  from vae_jax.training import train  # pylint: disable=import-outside-toplevel
   graphdef, state = train.init_state(config)
   flat = nnx.to_flat_state(state.params)
   keys = {_key(p) for p, _ in flat}
@@ -80,7 +80,7 @@ def load_folder(folder: str) -> tuple[Config, nnx.Module, list[dict]]:
 
 def export(workdir: str, out_dir: str, command: str) -> str:
   """Writes a shipped-model folder from the run in `workdir` (its newest checkpoint)."""
-  from vae_jax import run  # pylint: disable=import-outside-toplevel
+  from vae_jax.training import run  # pylint: disable=import-outside-toplevel
   config, epoch, model = run.restore_model(workdir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise UserError(f"{out_dir} is not empty")
@@ -111,7 +111,7 @@ def resolve(spec: str) -> tuple[Config, nnx.Module, list[dict]]:
   """--model: `pretrained` (or `pretrained:NAME`), else a run's workdir (its newest checkpoint)."""
   if spec == "pretrained" or spec.startswith("pretrained:"):
     return load(spec.partition(":")[2] or DEFAULT)
-  from vae_jax import run  # pylint: disable=import-outside-toplevel
+  from vae_jax.training import run  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(spec):
     raise UserError(f"--model {spec}: not a run's workdir (directory not found) nor 'pretrained'")
   config, _, model = run.restore_model(spec)

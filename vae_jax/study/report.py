@@ -1,6 +1,6 @@
 """The autoencoder study's report: verdicts on the article's four claims, report.md, report.json, plots.
 
-`write_report(results, out)` needs only the numbers `vae_jax.study.run_study` returns (and the
+`write_report(results, out)` needs only the numbers `vae_jax.study.runner.run_study` returns (and the
 relative paths of the digit grids it drew), so the report can be rebuilt from report.json alone.
 The verdicts follow fixed, stated rules (`RULES`), computed from the numbers, never written by hand.
 """
@@ -9,8 +9,8 @@ import json
 import os
 import statistics
 
-from vae_jax import study_pictures
-from vae_jax.study import AE_VAE_PAIRS, CONV_MLP_PAIRS
+from vae_jax.study import pictures as study_pictures
+from vae_jax.study.runner import AE_VAE_PAIRS, CONV_MLP_PAIRS
 
 SATURATION = 0.02        # a model "stops gaining" at the first size within 2% of its best BCE
 LOSS_REASONABLE = 1.25   # a loss is "reasonable" if its pixel error is within 1.25x the best
@@ -311,7 +311,7 @@ def _markdown(results: dict, claims: dict) -> str:
   lines += _image(results, "denoising_examples", "denoising examples")
   lines += ["## The classifier", "",
             f"conv 3×3×32 – maxpool – conv 3×3×64 – maxpool – dense 128 – dense 10 "
-            f"(`vae_jax/classifier.py`), trained on the {clf.get('train_images', 0):,} binarized "
+            f"(`vae_jax/study/classifier.py`), trained on the {clf.get('train_images', 0):,} binarized "
             f"training digits with random shifts of up to {clf['config'].get('max_shift', 0)} pixels "
             f"for {_plural(clf['config']['epochs'], 'epoch')} ({clf.get('train_seconds', 0):.0f} s): test "
             f"accuracy **{clf['test_accuracy']:.2%}** on the binarized test digits, "

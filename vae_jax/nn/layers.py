@@ -1,4 +1,4 @@
-"""NNX layers that run the exact GEMM kernels of `vae_jax.kernels` where they cover the shape.
+"""NNX layers that run the exact GEMM kernels of `vae_jax.nn.kernels` where they cover the shape.
 
 `GemmConv` and `GemmConvTranspose` are `nnx.Conv` and `nnx.ConvTranspose` with an activation:
 the same constructor, the same parameters (`kernel` HWIO, `bias`), the same initialization and
@@ -18,7 +18,7 @@ A ReLU activation is fused into the kernels; any other activation is applied aft
 Mixed precision: `gemm_dtype=jnp.bfloat16` on GemmConv, GemmConvTranspose and `Linear` (nnx.Linear
 with that one option) keeps the parameters, inputs, outputs, bias and activation float32 and runs
 only the GEMMs, forward and backward, on bfloat16 inputs with float32 accumulation and output
-(`vae_jax.kernels`). A convolution Flax runs gets Flax's nearest form: dtype=gemm_dtype (inputs,
+(`vae_jax.nn.kernels`). A convolution Flax runs gets Flax's nearest form: dtype=gemm_dtype (inputs,
 kernel and bias cast) with preferred_element_type float32, differentiated by autodiff (whose
 backward GEMMs XLA runs in float32, and which rounds the kernel gradient to bfloat16).
 """
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae_jax import kernels
+from vae_jax.nn import kernels
 
 Impl = Literal["gemm", "xla"]
 Activation = Callable[[jax.Array], jax.Array] | None

@@ -6,7 +6,7 @@ conv 3x3x32 - maxpool 2 - conv 3x3x64 - maxpool 2 - dense 128 - dense 10, ReLU, 
 probabilities in [0, 1] as they are (what the seed's `sample()` returns), so blurry or grey samples
 count against a sampler; `grey_test_accuracy` in its info says how it copes with grey-level digits.
 `features(x)` is the 128-wide penultimate layer (after its ReLU): the space of the Fréchet
-Classifier Distance (`vae_jax.sample_quality`).
+Classifier Distance (`vae_jax.study.sample_quality`).
 
 The parameters are saved as one .npz beside a JSON of the settings and the measured accuracies, so
 a study trains the classifier once and loads it afterwards (`cached_classifier`).
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from vae_jax import data as data_lib
 from vae_jax.batched import map_batches
 from vae_jax.errors import UserError
-from vae_jax.kernels import patch_conv
+from vae_jax.nn.kernels import patch_conv
 
 FEATURES = 128
 CLASSES = 10
@@ -67,7 +67,7 @@ class Classifier(nnx.Module):
 
   def features(self, x_BHWC):
     """Penultimate-layer activations, (B, 128)."""
-    # VALID 3x3 convolutions as patch GEMMs with their own VJP (vae_jax.models): XLA:CPU's own
+    # VALID 3x3 convolutions as patch GEMMs with their own VJP (vae_jax.nn.models): XLA:CPU's own
     # convolution gradients are several times slower. 28 -> 26 -> 13 -> 11 -> 5.
     h = _max_pool(patch_conv(x_BHWC, self.conv1.kernel[...], self.conv1.bias[...], 1))
     h = _max_pool(patch_conv(h, self.conv2.kernel[...], self.conv2.bias[...], 1))

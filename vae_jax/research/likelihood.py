@@ -23,8 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax import losses
-from vae_jax.models import reparameterize_with_eps
+from vae_jax.nn import losses
+from vae_jax.nn.models import reparameterize_with_eps
 
 _LOG2PI = math.log(2.0 * math.pi)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[z_u]) > 0.01

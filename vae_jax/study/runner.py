@@ -2,7 +2,7 @@
 
     python -m experiments.autoencoder_study --data idx:../shared/data/mnist --out DIR
 
-trains every (model, latent size) of `StudyConfig` with `vae_jax.run.train_and_evaluate` in
+trains every (model, latent size) of `StudyConfig` with `vae_jax.training.run.train_and_evaluate` in
 DIR/runs/<name>/ (a complete run is reused, an interrupted one resumed), then measures on the
 binarized test digits:
 
@@ -15,9 +15,9 @@ binarized test digits:
 - creativity at the focus latent size: decoded z ~ N(0, I), decoded draws of a Gaussian mixture
   fitted to the training codes, decoded midpoints of two test digits' codes, and reconstructions
   of training digits as a reference, each scored by FCD and the MNIST score of a classifier trained
-  here (`vae_jax.classifier`); real training digits against the test digits give the FCD floor.
+  here (`vae_jax.study.classifier`); real training digits against the test digits give the FCD floor.
 
-The models come from the model registry (`vae_jax.models.create_model`, `Config.model`,
+The models come from the model registry (`vae_jax.nn.models.create_model`, `Config.model`,
 `Config.objective`, `Config.denoise`); `probe_models` checks every run's Config before any
 training, so an unknown model or a model/objective mismatch fails at once, naming the run.
 """
@@ -34,12 +34,15 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vae_jax import classifier as classifier_lib
+from vae_jax.study import classifier as classifier_lib
 from vae_jax import data as data_lib
-from vae_jax import latent, losses, run, sample_quality, study_pictures
-from vae_jax import models as models_lib
+from vae_jax.study import latent, sample_quality, pictures as study_pictures
+from vae_jax.nn import losses
+from vae_jax.training import run
+from vae_jax.nn import models as models_lib
+from vae_jax.nn import resolve
 from vae_jax.batched import map_batches
-from vae_jax.checkpoints import Checkpoints
+from vae_jax.training.checkpoints import Checkpoints
 from vae_jax.config import Config, get_config
 from vae_jax.errors import UserError
 
@@ -163,7 +166,7 @@ def probe_models(study: StudyConfig) -> dict[str, bool]:
   stochastic = {name: bool(models_lib.get_model_class(name).stochastic) for name in names}
   for spec in plan(study, stochastic):
     try:
-      run_config(study, spec).validate()
+      resolve.check(run_config(study, spec))
     except UserError as e:
       raise UserError(f"run {spec.name} (model {spec.model!r}, objective {spec.objective!r}): "
                       f"{e}") from None
@@ -305,7 +308,7 @@ def reconstruction_metrics(model, x_u8, batch_size: int = 500) -> dict:
 
 def flip_pixels(x_u8, p: float, seed: int) -> np.ndarray:
   """x with each pixel flipped independently with probability p (a fixed draw for seed, p): the
-  noise `Config.denoise = p` trains with (`vae_jax.train.denoised_input`), drawn here with numpy."""
+  noise `Config.denoise = p` trains with (`vae_jax.training.train.denoised_input`), drawn here with numpy."""
   rng = np.random.default_rng([seed, int(round(p * 1_000_000))])
   return (np.asarray(x_u8) ^ (rng.random(np.shape(x_u8)) < p)).astype(np.uint8)
 
@@ -392,7 +395,7 @@ def machine() -> dict:
 def run_study(study: StudyConfig, out: str) -> dict:
   """Trains (or reuses) every run, measures them, draws the grids; returns the results dict.
 
-  `vae_jax.study_report.write_report(results, out)` turns it into report.md, report.json, plots.
+  `vae_jax.study.report.write_report(results, out)` turns it into report.md, report.json, plots.
   """
   study.validate()
   study = dataclasses.replace(study, data=normalize_data(study.data))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae_jax import layers
+from vae_jax.nn import layers
 from vae_jax.config import Config
 from vae_jax.errors import UserError
 
@@ -60,7 +60,7 @@ def create_model(config: Config, key: jax.Array) -> "Model":
 
 def _gemm_dtype(config: Config):
   """The layers' GEMM input dtype: --dtype bfloat16 is mixed precision (float32 parameters,
-  activations and loss; bfloat16 GEMM inputs, float32 accumulation; vae_jax.layers)."""
+  activations and loss; bfloat16 GEMM inputs, float32 accumulation; vae_jax.nn.layers)."""
   return jnp.bfloat16 if config.dtype == "bfloat16" else None
 
 

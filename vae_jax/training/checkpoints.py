@@ -20,7 +20,7 @@ import zlib
 import jax
 import orbax.checkpoint as ocp
 
-from vae_jax import workdir
+from vae_jax.training import workdir
 from vae_jax.errors import UserError
 
 MANIFEST = "vae_jax_files.json"

@@ -6,7 +6,7 @@ import os
 import imageio.v3 as iio
 import numpy as np
 
-from vae_jax.workdir import writing
+from vae_jax.training.workdir import writing
 
 _SCALE = 3  # nearest-neighbour upscaling so 28x28 digits are visible
 _GAP = 0.2  # gap intensity: a light grey line once inverted

@@ -14,7 +14,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
-from vae_jax.workdir import writing
+from vae_jax.training.workdir import writing
 
 _GROUPS = ("train", "test")
 

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from vae_jax.pictures import tile
+from vae_jax.training.pictures import tile
 
 SAMPLER_TITLES = {"prior": "decode(z ~ N(0, I))", "gmm": "decode(GMM draw)",
                   "midpoint": "decode(midpoint of 2 test codes)",

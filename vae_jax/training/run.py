@@ -13,13 +13,14 @@ from flax import nnx
 from tqdm import tqdm
 
 from vae_jax import data as data_lib
-from vae_jax import models
-from vae_jax import interrupts, parallel, pictures, tensorboard, train
-from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoints import Checkpoints
+from vae_jax.nn import models, resolve
+from vae_jax import interrupts
+from vae_jax.training import parallel, pictures, tensorboard, train
+from vae_jax.training import workdir as workdir_lib
+from vae_jax.training.checkpoints import Checkpoints
 from vae_jax.config import Config
 from vae_jax.errors import UserError
-from vae_jax.workdir import CONFIG_FILE, METRICS_FILE
+from vae_jax.training.workdir import CONFIG_FILE, METRICS_FILE
 
 # Settings a resumed run may change: results depend on neither the placement nor the device count.
 RESUMABLE_CHANGES = ("epochs", "parallel", "devices", "micro_batches")
@@ -205,7 +206,7 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
 
   The workdir is locked for the run (by the main process); a second run on it is refused.
   """
-  config.validate()
+  resolve.check(config)
   with workdir_lib.locked(workdir) if _is_main() else contextlib.nullcontext():
     return _train_and_evaluate(config, workdir, resume)
 

@@ -1,7 +1,7 @@
 """Pure jitted training and evaluation steps for any model and objective, and epochs as lax.scan.
 
-The step computes the objective named by config.objective (vae_jax.objectives) for the model named
-by config.model (vae_jax.models) and takes an Adam step on the batch mean of its "loss".
+The step computes the objective named by config.objective (vae_jax.nn.objectives) for the model named
+by config.model (vae_jax.nn.models) and takes an Adam step on the batch mean of its "loss".
 
 Randomness: one root key per run. Example i of global batch b (at optimizer step s) gets the key
 fold_in(fold_in(noise_key, s), i), from which the objective draws its noise (the ELBO:
@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax import models, objectives
+from vae_jax.nn import models, objectives
 from vae_jax.config import Config
 from vae_jax.errors import UserError
-from vae_jax.parallel import Strategy
+from vae_jax.training.parallel import Strategy
 
 METRIC_KEYS = ("loss", "rec", "kl")
 # fold_in data of the denoising stream: above every int32 step, so never a step's key.

@@ -4,7 +4,7 @@ XLA:CPU runs a transposed convolution as a convolution of the zero-dilated input
 kernel gradient slowly (jax issues #23783, #31662); these forms do the same arithmetic as matrix
 products over kernel taps or input windows, each with a custom VJP whose backward pass is one
 matmul per gradient. Bias and ReLU sit inside, so XLA fuses them with the layout passes instead of
-making passes of their own. `vae_jax.layers` wraps them as NNX layers; the layout of every kernel
+making passes of their own. `vae_jax.nn.layers` wraps them as NNX layers; the layout of every kernel
 is Flax's (HWIO; for transposed convolutions lax.conv_transpose's semantics).
 
 Mixed precision: with `gemm_dtype` (e.g. jnp.bfloat16) every GEMM of a kernel, forward and

@@ -21,7 +21,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from vae_jax import data as data_lib
-from vae_jax import likelihood, run
+from vae_jax.research import likelihood
+from vae_jax.training import run
 from vae_jax.errors import UserError
 
 REPORT_FILE = "evaluation.json"

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vae_jax import losses, models
+from vae_jax.nn import losses, models
 from vae_jax.config import Config
 from vae_jax.errors import UserError
 

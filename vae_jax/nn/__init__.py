@@ -1,0 +1,13 @@
+"""The model side: everything that defines what is computed, nothing about how a run is driven.
+
+  kernels      exact GEMM forms of convolutions with their own VJPs (fast on XLA:CPU)
+  layers       Linear, GemmConv, GemmConvTranspose: Flax's parameter layout over those kernels
+  models       the model registry (MODELS, @register_model) and the built-in models
+  losses       log-likelihoods, KL terms, reconstruction errors: small pure functions
+  objectives   the objective registry (OBJECTIVES, @register_objective): ELBO, IWAE, AE losses
+  resolve      check(config): a run's model and objective names against its settings
+
+A new model subclasses `models.Model` under `@models.register_model(name)`; a new objective is a
+function under `@objectives.register_objective(name)`; either may live in your own module
+(`--import MODULE`).
+"""
