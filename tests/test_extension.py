@@ -1,4 +1,4 @@
-"""A variant registered from outside the package trains: the README's own example, run as written."""
+"""A variant registered from outside the package trains: docs/extending.md's example, as written."""
 
 import dataclasses
 import importlib.util
@@ -16,17 +16,17 @@ from vae_jax.training import run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _readme_example() -> str:
-  """The Python block of the README's "Add your own variant" section."""
-  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-    readme = f.read()
-  section = readme[readme.index("## Add your own variant"):]
+def _docs_example() -> str:
+  """The Python block of docs/extending.md's "Add your own variant" section."""
+  with open(os.path.join(ROOT, "docs", "extending.md"), encoding="utf-8") as f:
+    page = f.read()
+  section = page[page.index("## Add your own variant"):]
   return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_objective_registers_from_outside_and_trains(tmp_path, idx_dir):
+def test_documented_objective_registers_from_outside_and_trains(tmp_path, idx_dir):
   path = tmp_path / "rae.py"
-  path.write_text(_readme_example())
+  path.write_text(_docs_example())
   spec = importlib.util.spec_from_file_location("rae", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -37,7 +37,7 @@ def test_readme_objective_registers_from_outside_and_trains(tmp_path, idx_dir):
     rows = run.train_and_evaluate(config, str(tmp_path / "run"))
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
-    # The objective that ran is the README's: the test loss is the cross-entropy plus
+    # The objective that ran is the documented one: the test loss is the cross-entropy plus
     # GAMMA/2 |z|^2, the penalty recomputed here from the trained encoder's codes.
     _, _, model = run.restore_model(str(tmp_path / "run"))
     test_x = data.binarize(data.load(config.data).test_images).astype(np.float32)
