@@ -6,7 +6,7 @@
     python -m experiments.compress export --workdir runs/tutorial --out vae_jax/pretrained/cvae_mnist
 
 --model is a run's workdir (its newest checkpoint) or `pretrained` (the tutorial model shipped in
-the package). Images are thresholded at 0.5. See README.md ("Compression").
+the package). Images are thresholded at 0.5. See docs/compression.md.
 """
 
 import argparse

@@ -4,7 +4,7 @@
 
 Evaluates the run's newest checkpoint on its own test set, binarized as it was trained, and writes
 WORKDIR/evaluation.json. An existing report is never replaced silently: other settings go to
-evaluation_k{K}_n{N}_s{S}.json; the same settings again need --force. See README.md.
+evaluation_k{K}_n{N}_s{S}.json; the same settings again need --force. See docs/likelihood.md.
 """
 
 import argparse

@@ -8,7 +8,7 @@ IWAE paper's setting:
 
     python -m experiments.mnist_vae --model mlp --objective iwae --iw-samples 5 --binarize dynamic ...
 
-See README.md for every flag and the outputs written to --workdir.
+See docs/flags.md for every flag and the outputs written to --workdir.
 """
 
 import argparse
