@@ -45,7 +45,9 @@ class Config:
   kl_warmup_epochs: int = 0          # elbo, iwae: KL weight rises linearly from 0 to beta over N epochs
   free_bits: float = 0.0             # elbo: each latent dimension's KL counts at least this (nats)
   denoise: float = 0.0               # probability each input pixel is flipped in training (clean target)
-  learning_rate: float = 1e-4        # Adam, as the tutorial
+  learning_rate: float = 1e-4        # Adam, as the tutorial (--lr-schedule burda: its base, 1e-3)
+  lr_schedule: str = "constant"      # a name in vae_jax.training.schedules.SCHEDULES: constant |
+                                     # burda (the IWAE paper's 3,280-epoch protocol, plain Adam)
   # training loop
   epochs: int = 100
   seed: int = 0                      # fixes init, shuffling and every noise draw

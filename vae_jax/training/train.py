@@ -16,13 +16,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from vae_jax.nn import models, objectives
 from vae_jax.config import Config
 from vae_jax.errors import UserError
+from vae_jax.training import schedules
 from vae_jax.training.parallel import Strategy
 
 METRIC_KEYS = ("loss", "rec", "kl")
@@ -61,8 +61,27 @@ def keras_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999,
       eps=lambda count: eps / jnp.sqrt(1.0 - b2 ** (count + 1)))
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-  return keras_adam(config.learning_rate)
+def make_optimizer(config: Config,
+                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """Adam at config.lr_schedule's learning rate (vae_jax.training.schedules): the tutorial's Keras
+  form (keras_adam) unless the schedule names its own eps for plain optax.adam.
+
+  A schedule of epochs needs steps_per_epoch; built without it, the optimizer only initializes its
+  state (init_state: the layout does not depend on it) and refuses to update.
+  """
+  schedule = schedules.get_schedule(config.lr_schedule)
+  schedule.check(config)
+  layout_only = schedule.needs_steps_per_epoch and steps_per_epoch is None
+  learning_rate = schedule.learning_rate(config, 1 if layout_only else steps_per_epoch)
+  tx = (keras_adam(learning_rate) if schedule.adam_eps is None else
+        optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate, eps=schedule.adam_eps))
+  if not layout_only:
+    return tx
+
+  def refuse(*args, **kwargs):
+    raise ValueError(f"--lr-schedule {config.lr_schedule} needs the optimizer built with "
+                     "steps_per_epoch (train.Steps passes it)")
+  return optax.GradientTransformation(tx.init, refuse)
 
 
 def init_state(config: Config) -> tuple[nnx.GraphDef, TrainState]:
@@ -242,8 +261,8 @@ class Steps:
     self.compile_seconds = 0.0
     self._compiled = {}
     axis = strategy.axis_name
-    self.train_step = make_train_step(graphdef, make_optimizer(config), config, axis,
-                                      steps_per_epoch)
+    self.train_step = make_train_step(graphdef, make_optimizer(config, steps_per_epoch), config,
+                                      axis, steps_per_epoch)
     self.step = strategy.jit(self.train_step, ("state", "batch", "batch", "shared"),
                              donate_state=True)
     self.evaluate = strategy.jit(make_evaluate(graphdef, config, axis),
@@ -272,12 +291,3 @@ class Steps:
       # arrays into them (jax 0.10 pmap.py); the wrapper reuses the compilation above.
       return fn(*args)
     return compiled(*args)
-
-
-def fetch(tree) -> Any:
-  """Host numpy copy of replicated outputs (the first replica's for pmap's per-device outputs)."""
-  def first(a):
-    shard = a.addressable_shards[0]
-    data = np.asarray(shard.data)
-    return data[0] if data.ndim and shard.data.shape != a.shape else data
-  return jax.tree.map(first, tree)
