@@ -149,9 +149,12 @@ def read_config(workdir: str) -> dict | None:
 
 
 def settings_differ(config: Config, saved: dict) -> list[str]:
-  """Names of the fields where `config` differs from the saved JSON settings."""
-  current = _json_form(config)
-  return [k for k, v in current.items() if saved.get(k) != v]
+  """Names of the fields where `config` differs from the saved JSON settings.
+
+  A field the saved settings lack was added after that run was made, which ran with its default.
+  """
+  current, defaults = _json_form(config), _json_form(Config())
+  return [k for k, v in current.items() if saved.get(k, defaults[k]) != v]
 
 
 def load_config(workdir: str) -> Config:
