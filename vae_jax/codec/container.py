@@ -2,7 +2,7 @@
 
     offset  size  field
     0       8     magic b"\\x89VJZ\\r\\n\\x1a\\n"
-    8       2     format version (1)
+    8       2     format version (2: lossless images by the shortest of bits-back, context coder, raw)
     10      1     mode: 1 lossless bits-back, 2 lossy
     11      32    model fingerprint (SHA-256 of its config and parameters, tables.fingerprint)
     43      4     image count
@@ -25,7 +25,7 @@ import numpy as np
 from vae_jax.errors import UserError
 
 MAGIC = b"\x89VJZ\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
 LOSSLESS, LOSSY = 1, 2
 MODES = {LOSSLESS: "lossless", LOSSY: "lossy"}
 _HEAD = struct.Struct("<8sHB32sIHHBI")
@@ -84,6 +84,8 @@ def parse(raw: bytes, name: str) -> Container:
     raise UserError(f"{name}: corrupt (CRC32 mismatch)")
   if mode not in MODES:
     raise UserError(f"{name}: unknown coding mode {mode}")
+  if c != 1 or h < 1 or w < 1 or count < 1:
+    raise UserError(f"{name}: corrupt ({count} images of {h}x{w}x{c})")
   return Container(mode, fp, count, (h, w, c), crc_images, settings,
                    raw[offset:offset + payload_len])
 

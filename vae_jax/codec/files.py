@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vae_jax.codec import bitsback, container, lossy
+from vae_jax.codec import bitsback, choice, container, context, lossy
 from vae_jax.codec.tables import ModelTables, Precision, fingerprint
 from vae_jax.errors import UserError
 from vae_jax.nn.models import IMAGE_SHAPE
@@ -24,10 +24,11 @@ class Report:
   compile_seconds: float
   mode: str
   extra: dict = dataclasses.field(default_factory=dict)
+  pixels: int = int(np.prod(IMAGE_SHAPE))  # per image
 
   @property
   def bits_per_pixel(self) -> float:
-    return 8 * self.file_bytes / (self.images * int(np.prod(IMAGE_SHAPE)))
+    return 8 * self.file_bytes / (self.images * self.pixels)
 
   @property
   def images_per_sec(self) -> float:
@@ -41,6 +42,23 @@ class Report:
 
 def _progress(total: int, show: bool, desc: str):
   return tqdm(total=total, unit="img", desc=desc, disable=not show, leave=False, file=sys.stderr)
+
+
+def check_lossless(box: container.Container, name: str):
+  """(settings, layout) of a lossless file, every header field bounded by what its payload holds."""
+  settings = bitsback.Settings.unpack(box.settings)
+  return settings, choice.parse(box.payload, box.count, box.image_shape[:2], settings, name)
+
+
+def check(raw: bytes, name: str) -> container.Container:
+  """The file's container after every check that needs no model: damage, and header fields
+  (counts, sizes, settings) beyond what the payload can hold, refused before anything is allocated."""
+  box = container.parse(raw, name)
+  if box.mode == container.LOSSLESS:
+    check_lossless(box, name)
+  else:
+    lossy.check_settings(box.settings, box.count, len(box.payload), name)
+  return box
 
 
 class Codec:
@@ -58,7 +76,7 @@ class Codec:
     return self._tables[precision]
 
   def _container(self, mode, images, settings: bytes, payload: bytes) -> bytes:
-    return container.Container(mode, self.fingerprint, len(images), IMAGE_SHAPE,
+    return container.Container(mode, self.fingerprint, len(images), images.shape[1:],
                                container.images_crc(images), settings, payload).to_bytes()
 
   # ------------------------------------------------------------ lossless
@@ -70,32 +88,44 @@ class Codec:
       tables.pixels(np.zeros((shape, tables.latent_dim), np.int32), shape)
     return tables.compile_seconds - start
 
-  def encode_lossless(self, images: np.ndarray, show_progress: bool = False) -> tuple[bytes, Report]:
-    """File bytes of {0,1} images (N, 28, 28, 1) under bits-back coding."""
+  def encode_lossless(self, images: np.ndarray, show_progress: bool = False,
+                      methods: frozenset = choice.ALL) -> tuple[bytes, Report]:
+    """File bytes of {0,1} images (N, H, W, 1), each image by the shortest of `methods`
+    (`choice`); the VAE takes part for images of its size."""
+    if images.ndim != 4 or images.shape[3] != 1:
+      raise UserError(f"images of shape {images.shape[1:]} cannot be coded (one channel needed)")
     settings = self.settings
-    tables = self.tables(settings.precision)
-    compile_seconds = self._warm_lossless(tables, settings, len(images))
+    use_vae = images.shape[1:] == IMAGE_SHAPE and context.VAE in methods
+    if not use_vae and methods == {context.VAE}:
+      raise UserError(f"images are {images.shape[1]}x{images.shape[2]}; the model codes "
+                      f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} (the context coder takes any size)")
+    tables = self.tables(settings.precision) if use_vae else None
+    compile_seconds = self._warm_lossless(tables, settings, len(images)) if use_vae else 0.0
     start = time.perf_counter()
     with _progress(len(images), show_progress, "encode") as bar:
-      result = bitsback.encode(tables, images, settings, bar.update)
-    payload = struct.pack("<I", result.omitted) + container.words_to_bytes(result.words)
-    raw = self._container(container.LOSSLESS, images, settings.pack(), payload)
+      result = choice.encode(tables, images, settings, frozenset(methods), bar.update)
+    raw = self._container(container.LOSSLESS, images, settings.pack(), result.payload)
     seconds = time.perf_counter() - start
+    per_method = np.bincount(result.method, minlength=3)
     return raw, Report(len(images), len(raw), seconds, compile_seconds, "lossless",
-                       {"initial_bits": result.initial_bits, "payload_bytes": len(payload),
-                        "header_bytes": len(raw) - len(payload)})
+                       {"initial_bits": result.initial_bits, "payload_bytes": len(result.payload),
+                        "header_bytes": len(raw) - len(result.payload),
+                        "images_per_method": {context.METHODS[m]: int(per_method[m])
+                                              for m in context.METHODS},
+                        "max_image_bits": float(result.bits.max()),
+                        "image_bits": result.bits},
+                       int(np.prod(images.shape[1:])))
 
   def _decode_lossless(self, box: container.Container, name: str, show_progress: bool):
-    settings = bitsback.Settings.unpack(box.settings)
-    if len(box.payload) < 4:
-      raise UserError(f"{name}: corrupt (lossless payload too short)")
-    (omitted,) = struct.unpack_from("<I", box.payload)
-    words = container.bytes_to_words(box.payload[4:], name)
-    tables = self.tables(settings.precision)
-    compile_seconds = self._warm_lossless(tables, settings, box.count)
+    settings, layout = check_lossless(box, name)
+    hw = box.image_shape[:2]
+    tables, compile_seconds = None, 0.0
+    if layout.per_method[context.VAE]:
+      tables = self.tables(settings.precision)
+      compile_seconds = self._warm_lossless(tables, settings, layout.per_method[context.VAE])
     start = time.perf_counter()
     with _progress(box.count, show_progress, "decode") as bar:
-      images = bitsback.decode(tables, words, omitted, box.count, settings, bar.update)
+      images, _ = choice.decode(tables, layout, box.count, hw, settings, bar.update)
     return images, compile_seconds, time.perf_counter() - start
 
   # ------------------------------------------------------------ lossy
@@ -105,6 +135,9 @@ class Codec:
     `step` is in units of each dimension's average posterior standard deviation."""
     if not (np.isfinite(step) and step > 0):
       raise UserError(f"--step must be a positive number, got {step}")
+    if images.shape[1:] != IMAGE_SHAPE:
+      raise UserError(f"images are {images.shape[1]}x{images.shape[2]}; lossy coding needs the "
+                      f"model's {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} (lossless takes any size)")
     step = float(np.float32(step))  # the header's precision, so both sides dequantize alike
     tables, batch = self.tables(), self.settings.max_batch
     compile_seconds = self._warm_lossy(tables, batch)
@@ -143,9 +176,9 @@ class Codec:
 
   def decode(self, raw: bytes, name: str, show_progress: bool = False) -> tuple[np.ndarray, Report]:
     """The images in a compressed file's bytes; UserError (one line) for any mismatch or damage."""
-    box = container.parse(raw, name)
+    box = check(raw, name)
     container.check_model(box, self.fingerprint, name)
-    if box.image_shape != IMAGE_SHAPE:
+    if box.mode == container.LOSSY and box.image_shape != IMAGE_SHAPE:
       raise UserError(f"{name}: holds {box.image_shape} images; the model codes {IMAGE_SHAPE}")
     if box.count < 1:
       raise UserError(f"{name}: corrupt (image count {box.count})")
@@ -160,4 +193,4 @@ class Codec:
       raise UserError(f"{name}: the decoded images fail their CRC32: the model computes "
                       "differently here than where the file was made")
     return images, Report(box.count, len(raw), seconds, compile_seconds,
-                          container.MODES[box.mode])
+                          container.MODES[box.mode], pixels=int(np.prod(box.image_shape)))

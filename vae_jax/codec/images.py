@@ -23,14 +23,20 @@ IDX_NAME, PREVIEW_NAME = "images-idx3-ubyte.gz", "preview.png"
 _IMAGES_MAGIC = 2051
 
 
-def _check_hw(hw, where: str) -> None:
-  if tuple(hw) != data.IMAGE_HW:
-    raise UserError(f"{where}: images are {hw[0]}x{hw[1]}; the model codes "
-                    f"{data.IMAGE_HW[0]}x{data.IMAGE_HW[1]} images")
+MAX_SIDE = 4096  # the header holds 16-bit sides; larger pages are cut into tiles first
+
+
+def _check_hw(hw, where: str, first=None) -> None:
+  if first is not None and tuple(hw) != tuple(first):
+    raise UserError(f"{where}: {hw[0]}x{hw[1]}, but the first image is {first[0]}x{first[1]}: "
+                    "one file holds images of one size")
+  if not (1 <= hw[0] <= MAX_SIDE and 1 <= hw[1] <= MAX_SIDE):
+    raise UserError(f"{where}: images are {hw[0]}x{hw[1]}; sides from 1 to {MAX_SIDE} work "
+                    f"(the VAE codes {data.IMAGE_HW[0]}x{data.IMAGE_HW[1]}, the context coder any)")
 
 
 def read_png_dir(directory: str) -> np.ndarray:
-  """The directory's *.png files in name order, as grey uint8 (N, 28, 28, 1)."""
+  """The directory's *.png files in name order, as grey uint8 (N, H, W, 1), all of one size."""
   paths = sorted(glob.glob(os.path.join(directory, "*.png")))
   if not paths:
     raise UserError(f"{directory}: no .png files")
@@ -48,13 +54,13 @@ def read_png_dir(directory: str) -> np.ndarray:
       image = rgb.mean(-1).round().astype(np.uint8)
     if image.dtype != np.uint8:
       image = (image.astype(np.float64) * 255 / np.iinfo(image.dtype).max).round().astype(np.uint8)
-    _check_hw(image.shape[:2], path)
+    _check_hw(image.shape[:2], path, images[0].shape if images else None)
     images.append(image)
   return np.stack(images)[..., None]
 
 
 def load(spec: str, split: str = "test", count: int | None = None) -> np.ndarray:
-  """{0,1} uint8 images (N, 28, 28, 1) from `spec`.
+  """{0,1} uint8 images (N, H, W, 1) from `spec`.
 
   `idx:DIR` (a dataset's four IDX files; `split` picks train or test), `idx:FILE` (one images IDX
   file, such as `decode` writes), `png:DIR` or a directory of PNGs, or any other `--data` spelling

@@ -148,3 +148,22 @@ def unpack_settings(raw: bytes) -> tuple[float, int, np.ndarray, FactorizedPrior
       and np.all(np.isfinite(scales.astype(np.float64))) and np.all(scales > 0)):
     raise UserError("corrupt file: invalid lossy settings")
   return float(step), batch, scales, prior
+
+
+MAX_BATCH = 1024
+_FREE_IMAGES = 1 << 20  # a file whose latents are all constant codes its images in no bits
+
+
+def check_settings(raw: bytes, count: int, payload_bytes: int, name: str) -> None:
+  """Refuses lossy settings and an image count beyond what the payload can hold: every image costs
+  at least the sum over coded dimensions of -log2 of their most probable symbol's probability."""
+  _, batch, _, prior = unpack_settings(raw)
+  if batch > MAX_BATCH:
+    raise UserError(f"{name}: corrupt (lossy batch {batch} above {MAX_BATCH})")
+  min_bits = 0.0
+  for d in prior.coded_dims():
+    table = prior.table(d).astype(np.float64)
+    min_bits -= np.log2(table.max() / table.sum())
+  if (count * min_bits > 8 * payload_bytes + 64) or (min_bits == 0 and count > _FREE_IMAGES):
+    raise UserError(f"{name}: corrupt (the header claims {count} images, more than "
+                    f"{payload_bytes} bytes of payload can hold)")
