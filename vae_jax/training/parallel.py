@@ -76,26 +76,39 @@ class Strategy:
     return slice(start, start + per_process)
 
   # ------------------------------------------------------------ placement
+  #
+  # Every host <-> device move of the state and the outputs goes through host_copy and
+  # put_replicated: a jax.Array's shards are read only where they are this process's own, and a
+  # global array is only ever built from host data (a device_put of a one-device array onto a mesh
+  # that spans processes makes arrays whose shards cannot be read back, jax 0.10).
+
+  def put_replicated(self, tree):
+    """A replicated global array on the mesh of every leaf of a host (or device) pytree."""
+    def put(a):
+      return jax.make_array_from_callback(a.shape, self.replicated, lambda index: a[index])
+    return jax.tree.map(put, host_copy(tree))
 
   def put_state(self, state):
     """Places a host (or replicated) pytree on the devices: replicated, or one copy per device for pmap."""
     if self.kind != "pmap":
-      return jax.device_put(state, self.replicated)
+      return self.put_replicated(state)
     local = len(self.local_devices)
-    host = jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data)
-                        if isinstance(a, jax.Array) else np.asarray(a), state)
+    host = host_copy(state)
     return self._to_devices(jax.tree.map(lambda a: np.broadcast_to(a, (local,) + a.shape), host))
 
   def _to_devices(self, tree):
     """Per-device arrays in the layout pmap'd functions take and return (no copy per call)."""
     return jax.pmap(lambda t: t, axis_name=DATA_AXIS, devices=self.mesh.devices.tolist())(tree)
 
+  def fetch(self, tree):
+    """Host numpy copy of the outputs of this strategy's functions (pmap's: one replica)."""
+    return host_copy(tree, per_device=self.kind == "pmap")
+
   def host_state(self, state):
     """A replicated (single-copy) view of the state for checkpoints and pictures."""
     if self.kind != "pmap":
       return state
-    return jax.device_put(jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data)[0], state),
-                          self.replicated)
+    return self.put_replicated(self.fetch(state))
 
   def put_batches(self, x_local: np.ndarray, mask_local: np.ndarray):
     """Places this process's (steps, batch/processes, ...) stack; pmap gets (devices, steps, ...)."""
@@ -125,6 +138,28 @@ class Strategy:
       return jax.pmap(fn, axis_name=DATA_AXIS, in_axes=in_axes, donate_argnums=donate,
                       devices=self.mesh.devices.tolist())
     return jax.jit(fn, donate_argnums=donate, out_shardings=self.replicated)
+
+
+def host_copy(tree, per_device: bool = False):
+  """Host numpy copy of a pytree whose arrays hold the same value on every device that has them.
+
+  With per_device, each array is pmap's stack of one copy per device, (devices, ...), and the copy
+  on this process's first device is returned. Reads only this process's shards, so it works for
+  arrays that span processes; an array that is split over devices rather than copied is refused.
+  """
+  def read(a):
+    if not isinstance(a, jax.Array):
+      return np.asarray(a)
+    if not per_device:
+      if not a.sharding.is_fully_replicated:
+        raise ValueError(f"host_copy of an array split over devices (sharding {a.sharding})")
+      return np.asarray(a.addressable_data(0))
+    local = np.asarray(a.addressable_data(0))
+    if local.shape != (1,) + a.shape[1:]:
+      raise ValueError(f"host_copy(per_device=True) of an array of shape {a.shape} whose first "
+                       f"shard has shape {local.shape}, not one device's copy")
+    return local[0]
+  return jax.tree.map(read, tree)
 
 
 def _pick_devices(num_devices: int | None) -> list:

@@ -99,7 +99,7 @@ class _Run:
     return data_lib.binarized_train(self.train_images, self.config.binarize, self.config.seed, epoch)
 
   def host_params(self):
-    return train.fetch(self.state.params)
+    return self.strategy.fetch(self.state.params)
 
   # ------------------------------------------------------------ pictures
 
@@ -147,12 +147,12 @@ class _Run:
       length = 1
     full = self.steps_per_epoch - self.steps_per_epoch % length if length > 1 else 0
     totals = {k: 0.0 for k in (*train.METRIC_KEYS, "count")}
-    first_step = int(train.fetch(self.state.step))
+    first_step = int(self.strategy.fetch(self.state.step))
     pending = []  # outputs not yet read: the host reads one call behind, so the device never waits
 
     def consume():
       start, size, sums, losses = pending.pop(0)
-      sums, losses = train.fetch((sums, losses))
+      sums, losses = self.strategy.fetch((sums, losses))
       bad = np.flatnonzero(~np.isfinite(np.atleast_1d(losses)))
       if bad.size:
         step = first_step + start + int(bad[0]) + 1
@@ -197,7 +197,7 @@ class _Run:
     params = self.state.params
     sums = self.steps.call(self.steps.evaluate, params, *self.test_batches,
                            jax.random.fold_in(self.keys.eval, epoch))
-    m = train.means(train.fetch(sums))
+    m = train.means(self.strategy.fetch(sums))
     return {"test_elbo": -m["loss"], "test_rec": m["rec"], "test_kl": m["kl"]}
 
 
