@@ -154,11 +154,11 @@ def test_hostile_headers_are_refused_before_allocating(codec):
     box = container.parse(raw, name)
     with pytest.raises(UserError, match="more than"):
       choice.parse(box.payload, box.count, box.image_shape[:2], bitsback.Settings(), name)
-  for field, value in {"seed_words": (1 << 32) - 1, "max_batch": 65535}.items():
-    fmt = bitsback.Settings._FORMAT
+  fmt = bitsback.Settings._FORMAT  # latent, posterior, pixel bits, max_batch, ramp, seed, samples
+  for field, (index, value) in {"max_batch": (3, 65535), "seed_words": (5, (1 << 32) - 1),
+                                "samples": (6, 65535)}.items():
     raw = bytearray(bitsback.Settings().pack())
-    offset = {"max_batch": struct.calcsize(fmt[:4]), "seed_words": struct.calcsize(fmt[:6])}[field]
-    struct.pack_into("<" + fmt[-1 if field == "seed_words" else 4], raw, offset, value)
+    struct.pack_into("<" + fmt[1 + index], raw, struct.calcsize(fmt[:1 + index]), value)
     with pytest.raises(UserError, match="unsupported"):
       bitsback.Settings.unpack(bytes(raw))
   with pytest.raises(UserError, match="more than"):

@@ -6,6 +6,13 @@ under the prior (uniform over the equal-mass buckets: exactly latent_bits each).
 batches in reverse and mirrors every step: pop latents under the prior, pop pixels under p(x|z),
 recompute q(z|x) from the decoded pixels and push the latents back.
 
+With `samples` k > 1 the chain is importance-sampled bits-back (BB-IS, Ruan et al. 2021,
+"Improving Lossless Compression Rates via Monte Carlo Bits-Back Coding"): k latents per image are
+popped from q(z|x) and one of them, j, from the importance weights (`importance`); the other k - 1
+go back under q, the image is pushed at z_j. The net cost per image is then
+-log2 (1/k) sum_i p(x, z_i) / q(z_i|x) (the IWAE-k bound of the integer tables) instead of the
+-ELBO, at k model calls per image and k times the initial bits (a batch dips k latents deep).
+
 Initial bits. Popping from an empty stack yields degenerate latents (constriction decodes symbol
 0 from an empty coder), so the stack starts as `seed_words` pseudo-random words that both sides
 derive from a fixed string (SHAKE-256). The first batches pop from them; the words they never
@@ -25,6 +32,7 @@ from typing import Callable
 import constriction
 import numpy as np
 
+from vae_jax.codec import importance
 from vae_jax.codec.tables import ModelTables, Precision
 from vae_jax.errors import UserError
 from vae_jax.nn.models import IMAGE_SHAPE
@@ -32,6 +40,8 @@ from vae_jax.nn.models import IMAGE_SHAPE
 _SEED_STRING = b"vae_jax bits-back initial words v1"
 MAX_BATCH = 1024
 MAX_SEED_WORDS = 1 << 16
+MAX_SAMPLES = 1024
+MAX_ROWS = 1 << 16           # latents per model call (max_batch * samples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,20 +51,21 @@ class Settings:
   max_batch: int = 64         # images per model call at most
   ramp: int = 4               # a batch holds at most 1/ramp of the images coded before it
   seed_words: int = 1 << 16   # initial stack (only the consumed part is stored)
+  samples: int = 1            # k latents per image: BB-IS (importance-sampled bits-back) if > 1
 
-  _FORMAT = "<BBBHBI"
+  _FORMAT = "<BBBHBIH"
 
   def pack(self) -> bytes:
     p = self.precision
     return struct.pack(self._FORMAT, p.latent_bits, p.posterior_bits, p.pixel_bits,
-                       self.max_batch, self.ramp, self.seed_words)
+                       self.max_batch, self.ramp, self.seed_words, self.samples)
 
   @classmethod
   def unpack(cls, raw: bytes) -> "Settings":
     if len(raw) != struct.calcsize(cls._FORMAT):
       raise UserError("corrupt file: lossless coder settings have the wrong size")
-    latent, posterior, pixel, max_batch, ramp, seed = struct.unpack(cls._FORMAT, raw)
-    settings = cls(Precision(latent, posterior, pixel), max_batch, ramp, seed)
+    latent, posterior, pixel, max_batch, ramp, seed, samples = struct.unpack(cls._FORMAT, raw)
+    settings = cls(Precision(latent, posterior, pixel), max_batch, ramp, seed, samples)
     settings.validate()
     return settings
 
@@ -63,7 +74,8 @@ class Settings:
     # bounded so that a crafted header cannot ask for a huge seed or batch shape
     if not (1 <= p.latent_bits <= 12 and p.latent_bits < p.posterior_bits <= 24
             and 2 <= p.pixel_bits <= 24 and 1 <= self.max_batch <= MAX_BATCH
-            and 1 <= self.ramp <= 1024 and 2 <= self.seed_words <= MAX_SEED_WORDS):
+            and 1 <= self.ramp <= 1024 and 2 <= self.seed_words <= MAX_SEED_WORDS
+            and 1 <= self.samples <= MAX_SAMPLES and self.max_batch * self.samples <= MAX_ROWS):
       raise UserError(f"unsupported lossless coder settings {self}")
 
 
@@ -75,7 +87,8 @@ def seed_words(n: int) -> np.ndarray:
 
 
 def _batch_size(done: int, remaining: int, settings: Settings) -> int:
-  allowed = max(1, min(settings.max_batch, done // settings.ramp))
+  # a batch pops k latents per image before it pushes k - 1 of them back
+  allowed = max(1, min(settings.max_batch, done // (settings.ramp * settings.samples)))
   return min(1 << (allowed.bit_length() - 1), remaining)
 
 
@@ -123,17 +136,53 @@ def image_bits(posterior: np.ndarray, z: np.ndarray, pixel_ints: np.ndarray, x01
   return pixels + z.reshape(b, -1).shape[1] * precision.latent_bits - back
 
 
+class _BatchModel:
+  """One batch's tables as both sides compute them, in the same calls (shapes fixed per batch)."""
+
+  def __init__(self, tables: ModelTables, settings: Settings, size: int, shape: int):
+    self.tables, self.size, self.shape = tables, size, shape
+    self.k, self.p = settings.samples, settings.precision
+    self.buckets = 1 << self.p.latent_bits
+
+  def posterior(self, x: np.ndarray) -> np.ndarray:
+    return self.tables.posterior(x, self.shape)                       # (B, L, K)
+
+  def rows(self, posterior: np.ndarray, repeat: int) -> np.ndarray:
+    """q(z|x) rows for `repeat` latents per image, image-major (as constriction takes them)."""
+    return np.repeat(posterior[:, None], repeat, 1).reshape(-1, self.buckets).astype(np.float64)
+
+  def pixels(self, z_bl: np.ndarray) -> np.ndarray:
+    return self.tables.pixels(z_bl, self.shape)
+
+  def weights(self, posterior, z_bkl, x) -> np.ndarray:
+    """(B, k) integer importance weights from the k latents' tables (one call of shape*k rows)."""
+    pixels = self.tables.pixels(z_bkl.reshape(-1, z_bkl.shape[-1]), self.shape * self.k)
+    return importance.categorical_weights(
+        importance.log_weights(posterior, z_bkl, pixels, x, self.p.pixel_bits))
+
+
+def _others(z_bkl: np.ndarray, j: np.ndarray) -> np.ndarray:
+  """(B, k - 1, L): every latent but the j-th of each image, in order."""
+  keep = np.arange(z_bkl.shape[1])[None, :] != j[:, None]
+  return z_bkl[keep].reshape(z_bkl.shape[0], -1, z_bkl.shape[2])
+
+
 def encode_chain(tables: ModelTables, images: np.ndarray, settings: Settings, coder,
                  accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                  progress: Callable[[int], None] = lambda n: None):
   """Pushes {0,1} images (N, 28, 28, 1) onto `coder` batch after batch.
 
-  `accept(indices, bits)` sees each batch's images and net costs (bits per image, `image_bits`) before anything is
-  pushed; the images it rejects are taken out, the batch's pops are undone (the coder as it was
-  before the batch) and the batch formed again from the images left, so the schedule is the one
-  the decoder computes from the count of images kept. Returns (coder, indices of the images kept,
-  their net bits, their latents)."""
-  p = settings.precision
+  With k = settings.samples (BB-IS; k = 1 is BB-ANS), per batch: pop k latents per image from
+  q(z|x); pop an index j from the importance weights; push the other k - 1 latents back under
+  q(z|x); push x under p(x|z_j), z_j under the prior and j uniformly (log2 k bits). The decoder
+  mirrors it in reverse order: j, z_j, x, the k - 1 others, then pushes j and all k latents back.
+
+  `accept(indices, bits)` sees each batch's images and net costs before anything is pushed; the
+  images it rejects are taken out, the batch's pops undone (the coder as it was before the batch)
+  and the batch formed again from the images left, so the schedule is the one the decoder computes
+  from the count of images kept. Returns (coder, indices of the images kept, their net bits,
+  their latents z_j)."""
+  p, k = settings.precision, settings.samples
   prior = constriction.stream.model.Uniform(1 << p.latent_bits)
   order = np.arange(len(images))
   kept_bits = np.zeros(len(images))
@@ -141,25 +190,37 @@ def encode_chain(tables: ModelTables, images: np.ndarray, settings: Settings, co
   done = 0
   while done < len(order):
     size = _batch_size(done, len(order) - done, settings)
-    shape = _shape(size, settings.max_batch)
+    batch = _BatchModel(tables, settings, size, _shape(size, settings.max_batch))
     idx = order[done:done + size]
     x = images[idx]
     before = coder.clone() if accept is not None else None
-    posterior = tables.posterior(x, shape).reshape(-1, 1 << p.latent_bits)
-    z = coder.decode(_POSTERIOR, posterior.astype(np.float64))
-    pixels = tables.pixels(z.reshape(size, -1), shape)
-    bits = image_bits(posterior, z, pixels, x, p)
+    posterior = batch.posterior(x)
+    z = np.asarray(coder.decode(_POSTERIOR, batch.rows(posterior, k))).reshape(size, k, -1)
+    if k > 1:
+      weights = batch.weights(posterior, z, x)
+      j = np.asarray(coder.decode(_POSTERIOR, weights.astype(np.float64)), np.int64)
+      back_j = np.log2(weights[np.arange(size), j] / weights.sum(-1))
+    else:
+      j, back_j = np.zeros(size, np.int64), np.zeros(size)
+    z_j = z[np.arange(size), j]
+    pixels = batch.pixels(z_j)
+    bits = image_bits(posterior.reshape(size * tables.latent_dim, -1), z_j, pixels, x, p) \
+        + back_j + np.log2(k)
     if accept is not None:
       ok = np.asarray(accept(idx, bits), bool)
       if not ok.all():
         coder = before
         order = np.concatenate([order[:done], idx[ok], order[done + size:]])
         continue
+    if k > 1:
+      coder.encode_reverse(_others(z, j).reshape(-1), _POSTERIOR, batch.rows(posterior, k - 1))
     coder.encode_reverse(x.reshape(-1).astype(np.int32), _PIXEL,
                          _pixel_probabilities(pixels, p.pixel_bits))
-    coder.encode_reverse(z, prior)
+    coder.encode_reverse(z_j.reshape(-1), prior)
+    if k > 1:
+      coder.encode_reverse(j.astype(np.int32), constriction.stream.model.Uniform(k))
     kept_bits[idx] = bits
-    latents[idx] = z.reshape(size, -1)
+    latents[idx] = z_j
     done += size
     progress(size)
   return coder, order, kept_bits[order], latents[order]
@@ -168,16 +229,29 @@ def encode_chain(tables: ModelTables, images: np.ndarray, settings: Settings, co
 def decode_chain(tables: ModelTables, coder, count: int, settings: Settings,
                  progress: Callable[[int], None] = lambda n: None) -> np.ndarray:
   """Pops the `count` images `encode_chain` pushed (mirroring every step), in their order."""
-  p = settings.precision
+  p, k = settings.precision, settings.samples
   prior = constriction.stream.model.Uniform(1 << p.latent_bits)
   images = np.zeros((count,) + IMAGE_SHAPE, np.uint8)
   for start, size, shape in reversed(schedule(count, settings)):
-    z = coder.decode(prior, size * tables.latent_dim)
-    pixels = tables.pixels(z.reshape(size, -1), shape)
+    batch = _BatchModel(tables, settings, size, shape)
+    j = (np.asarray(coder.decode(constriction.stream.model.Uniform(k), size), np.int64) if k > 1
+         else np.zeros(size, np.int64))
+    z_j = np.asarray(coder.decode(prior, size * tables.latent_dim)).reshape(size, -1)
+    pixels = batch.pixels(z_j)
     x = coder.decode(_PIXEL, _pixel_probabilities(pixels, p.pixel_bits))
     x = x.astype(np.uint8).reshape((size,) + IMAGE_SHAPE)
-    posterior = tables.posterior(x, shape).reshape(-1, 1 << p.latent_bits)
-    coder.encode_reverse(z, _POSTERIOR, posterior.astype(np.float64))
+    posterior = batch.posterior(x)
+    if k > 1:
+      others = np.asarray(coder.decode(_POSTERIOR, batch.rows(posterior, k - 1)))
+      z = np.zeros((size, k, tables.latent_dim), z_j.dtype)
+      keep = np.arange(k)[None, :] != j[:, None]
+      z[keep] = others.reshape(-1, tables.latent_dim)
+      z[np.arange(size), j] = z_j
+      coder.encode_reverse(j.astype(np.int32), _POSTERIOR,
+                           batch.weights(posterior, z, x).astype(np.float64))
+    else:
+      z = z_j[:, None]
+    coder.encode_reverse(z.reshape(-1), _POSTERIOR, batch.rows(posterior, k))
     images[start:start + size] = x
     progress(size)
   return images
@@ -185,20 +259,25 @@ def decode_chain(tables: ModelTables, coder, count: int, settings: Settings,
 
 def estimate_bits(tables: ModelTables, images: np.ndarray, settings: Settings,
                   seed: int = 0) -> np.ndarray:
-  """Each image's net cost at one latent drawn from its q(z|x) table (an estimate of what the
-  chain will charge, which draws its latents from the stack), in batches of max_batch."""
-  p = settings.precision
+  """Each image's expected net cost from k = settings.samples latents drawn from its q(z|x)
+  tables: -log2 of the mean of 2^-(net bits at z_i), the IWAE-k bound of the tables (an estimate
+  of what the chain will charge, which draws its latents from the stack)."""
+  p, k = settings.precision, settings.samples
   rng = np.random.default_rng(seed)
   out = np.zeros(len(images))
-  batch = settings.max_batch
-  for start in range(0, len(images), batch):
-    x = images[start:start + batch]
-    posterior = tables.posterior(x, batch).reshape(-1, 1 << p.latent_bits).astype(np.int64)
+  per_call = max(1, settings.max_batch // k)
+  for start in range(0, len(images), per_call):
+    x = images[start:start + per_call]
+    b = len(x)
+    posterior = tables.posterior(x, settings.max_batch).astype(np.int64)
+    posterior = np.repeat(posterior[:, None], k, 1).reshape(-1, 1 << p.latent_bits)
     cdf = np.cumsum(posterior, -1)
     r = (rng.random(len(cdf)) * cdf[:, -1]).astype(np.int64)
     z = (cdf <= r[:, None]).sum(-1).astype(np.int32)
-    pixels = tables.pixels(z.reshape(len(x), -1), batch)
-    out[start:start + batch] = image_bits(posterior, z, pixels, x, p)
+    pixels = tables.pixels(z.reshape(b * k, -1), settings.max_batch)
+    bits = image_bits(posterior, z, pixels, np.repeat(x, k, 0), p).reshape(b, k)
+    low = bits.min(-1)
+    out[start:start + b] = low - np.log2(np.mean(np.exp2(low[:, None] - bits), -1))
   return out
 
 

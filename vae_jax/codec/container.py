@@ -2,7 +2,7 @@
 
     offset  size  field
     0       8     magic b"\\x89VJZ\\r\\n\\x1a\\n"
-    8       2     format version (2: lossless images by the shortest of bits-back, context coder, raw)
+    8       2     format version (3: lossless images by the shortest of bits-back (BB-IS with k samples), context coder, raw)
     10      1     mode: 1 lossless bits-back, 2 lossy
     11      32    model fingerprint (SHA-256 of its config and parameters, tables.fingerprint)
     43      4     image count
@@ -25,7 +25,7 @@ import numpy as np
 from vae_jax.errors import UserError
 
 MAGIC = b"\x89VJZ\r\n\x1a\n"
-VERSION = 2
+VERSION = 3
 LOSSLESS, LOSSY = 1, 2
 MODES = {LOSSLESS: "lossless", LOSSY: "lossy"}
 _HEAD = struct.Struct("<8sHB32sIHHBI")

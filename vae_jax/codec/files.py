@@ -83,24 +83,36 @@ class Codec:
 
   def _warm_lossless(self, tables: ModelTables, settings: bitsback.Settings, count: int) -> float:
     start = tables.compile_seconds
-    for shape in bitsback.batch_shapes(count, settings):
+    rows = {(shape, shape) for shape in bitsback.batch_shapes(count, settings)}
+    if settings.samples > 1:  # the importance weights' calls
+      rows |= {(shape, shape * settings.samples) for shape, _ in rows}
+    for shape, pixel_rows in sorted(rows):
       tables.posterior(np.zeros((shape,) + IMAGE_SHAPE, np.uint8), shape)
-      tables.pixels(np.zeros((shape, tables.latent_dim), np.int32), shape)
+      tables.pixels(np.zeros((pixel_rows, tables.latent_dim), np.int32), pixel_rows)
     return tables.compile_seconds - start
 
   def encode_lossless(self, images: np.ndarray, show_progress: bool = False,
-                      methods: frozenset = choice.ALL) -> tuple[bytes, Report]:
+                      methods: frozenset = choice.ALL, samples: int = 1) -> tuple[bytes, Report]:
     """File bytes of {0,1} images (N, H, W, 1), each image by the shortest of `methods`
-    (`choice`); the VAE takes part for images of its size."""
+    (`choice`); the VAE takes part for images of its size, with `samples` latents per image
+    (BB-IS when > 1)."""
     if images.ndim != 4 or images.shape[3] != 1:
       raise UserError(f"images of shape {images.shape[1:]} cannot be coded (one channel needed)")
-    settings = self.settings
+    if not 1 <= samples <= bitsback.MAX_SAMPLES:
+      raise UserError(f"--samples must be from 1 to {bitsback.MAX_SAMPLES}, got {samples}")
+    settings = dataclasses.replace(self.settings, samples=samples,
+                                   max_batch=min(self.settings.max_batch,
+                                                 bitsback.MAX_ROWS // samples))
     use_vae = images.shape[1:] == IMAGE_SHAPE and context.VAE in methods
     if not use_vae and methods == {context.VAE}:
       raise UserError(f"images are {images.shape[1]}x{images.shape[2]}; the model codes "
                       f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} (the context coder takes any size)")
     tables = self.tables(settings.precision) if use_vae else None
-    compile_seconds = self._warm_lossless(tables, settings, len(images)) if use_vae else 0.0
+    compile_seconds = 0.0
+    if use_vae:  # the chain's shapes, and max_batch for the estimates
+      compile_seconds = self._warm_lossless(tables, settings, len(images))
+      compile_seconds += self._warm_lossless(tables, dataclasses.replace(settings, samples=1),
+                                             10 * settings.max_batch * settings.ramp)
     start = time.perf_counter()
     with _progress(len(images), show_progress, "encode") as bar:
       result = choice.encode(tables, images, settings, frozenset(methods), bar.update)
