@@ -9,26 +9,33 @@ compression work on any of them:
   decode(z_BxL)       Bernoulli logits of p(x|z), (batch, 28, 28, 1); probabilities with
                       apply_sigmoid=True
   sample(key, n)      decoded probabilities of z ~ N(0, I) (for autoencoders only a picture)
+  posterior(x_BHWC), latent(posterior, eps)
+                      VAEs: z ~ q(z|x) from standard normal noise eps (..., noise_dim) with
+                      log q(z|x) and log p(z) over every stochastic layer (`Latent`); the
+                      objectives and the importance-sampled likelihood read only these. The
+                      default is one diagonal Gaussian layer, (mean, logvar) = encode(x), under
+                      p(z) = N(0, I); a model with more layers overrides both and sets
+                      gaussian_latent = False (vae_jax.nn.mlp2)
 
 A model registers under a name with `@register_model(name)` (from any module, also outside the
 package) on a `Model` subclass that builds itself from the run's Config in `from_config`.
 """
 
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae_jax.nn import layers
+from vae_jax.nn import layers, losses
 from vae_jax.config import Config
 from vae_jax.errors import UserError
 
 IMAGE_SHAPE = (28, 28, 1)
 IMAGE_SIZE = 28 * 28
 # Keras' default initializers, so a fresh model is distributed like the TensorFlow original.
-_KERNEL_INIT = nnx.initializers.glorot_uniform()
-_BIAS_INIT = nnx.initializers.zeros_init()
+KERNEL_INIT = nnx.initializers.glorot_uniform()
+BIAS_INIT = nnx.initializers.zeros_init()
 
 ConvTransposeImpl = Literal["gemm", "xla"]
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -58,15 +65,30 @@ def create_model(config: Config, key: jax.Array) -> "Model":
   return get_model_class(config.model).from_config(config, nnx.Rngs(params=key))
 
 
-def _gemm_dtype(config: Config):
+def gemm_dtype_of(config: Config):
   """The layers' GEMM input dtype: --dtype bfloat16 is mixed precision (float32 parameters,
   activations and loss; bfloat16 GEMM inputs, float32 accumulation; vae_jax.nn.layers)."""
   return jnp.bfloat16 if config.dtype == "bfloat16" else None
 
 
+class Latent(NamedTuple):
+  """Samples z ~ q(z|x) with their log-densities; leading axes (batch, samples...) those of eps.
+
+  The log-densities are functions, traced where the objective calls them (after decoding z, as
+  the objectives always did), so the gradients' sums are accumulated in the same order as before.
+  """
+  z: jax.Array                   # what decode reads
+  log_q: Callable[[], jax.Array]  # log q(z|x), summed over every stochastic layer, float32
+  log_p: Callable[[], jax.Array]  # log p(z), the prior of every stochastic layer, float32
+  means: tuple                   # E_q[z_i | the layer below] of each layer i (bottom first)
+
+
 class Model(nnx.Module):
   """The interface of every registered model; subclasses define encode and decode_logits."""
   stochastic: bool = True
+  # True: q(z|x) is encode's one diagonal Gaussian and p(z) = N(0, I), so the analytic KL, free
+  # bits and the codec apply; False: only `latent` defines q and p (several stochastic layers).
+  gaussian_latent: bool = True
   # Config fields the model reads besides latent_dim and dtype: setting any other
   # architecture field away from its default is refused at validation (see Config.validate).
   settings: tuple[str, ...] = ()
@@ -97,6 +119,19 @@ class Model(nnx.Module):
     z = reparameterize_with_eps(eps_BxL, mean, logvar) if self.stochastic else mean
     return self.decode(z), z, mean, logvar
 
+  @property
+  def noise_dim(self) -> int:
+    """The size of the standard normal noise `latent` turns into one sample of every layer."""
+    return self.latent_dim
+
+  def posterior(self, x_BHWC):
+    """What `latent` needs from the image, computed once per image: encode's (mean, logvar)."""
+    return self.encode(x_BHWC)
+
+  def latent(self, posterior, eps) -> Latent:
+    """z ~ q(z|x) from eps (batch, ..., noise_dim): by default `one_gaussian_layer`."""
+    return one_gaussian_layer(posterior, eps)
+
   def sample(self, key=None, n: int = 100, eps_BxL=None):
     """Decoded probabilities for eps ~ N(0, I) drawn from `key` (or the given eps)."""
     if eps_BxL is None:
@@ -104,6 +139,25 @@ class Model(nnx.Module):
         raise ValueError("sample needs a jax.random key or eps_BxL")
       eps_BxL = jax.random.normal(key, (n, self.latent_dim))
     return self.decode(eps_BxL, apply_sigmoid=True)
+
+
+def one_gaussian_layer(posterior, eps) -> Latent:
+  """z = mean + exp(logvar / 2) eps for posterior (mean, logvar) and eps (batch, ..., latent_dim),
+  with log q(z|x) and log p(z) = log N(z; 0, I) in float32."""
+  mean, logvar = posterior
+  expand = lambda a: a.reshape(a.shape[:1] + (1,) * (eps.ndim - a.ndim) + a.shape[1:])
+  mean, logvar = expand(mean), expand(logvar)
+  z = reparameterize_with_eps(eps.astype(mean.dtype), mean, logvar)
+  z32, mean32, logvar32 = (a.astype(jnp.float32) for a in (z, mean, logvar))
+  return Latent(z, lambda: losses.log_normal_pdf(z32, mean32, logvar32),
+                lambda: losses.log_normal_pdf(z32, 0.0, 0.0), (mean,))
+
+
+def latent_interface(model):
+  """(posterior, latent, noise_dim, gaussian_latent) of a VAE: a Model's own, or for any module
+  with only encode -> (mean, logvar), decode and latent_dim, one Gaussian layer's."""
+  return (getattr(model, "posterior", model.encode), getattr(model, "latent", one_gaussian_layer),
+          getattr(model, "noise_dim", model.latent_dim), getattr(model, "gaussian_latent", True))
 
 
 def _check_latent_dim(latent_dim: int) -> None:
@@ -122,7 +176,7 @@ class _ConvNets(Model):
       raise ValueError(f"conv_transpose must be 'gemm' or 'xla', got {conv_transpose!r}")
     self.latent_dim = latent_dim
     self.conv_transpose = conv_transpose
-    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, gemm_dtype=gemm_dtype, rngs=rngs)
+    init = dict(kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, gemm_dtype=gemm_dtype, rngs=rngs)
     conv = dict(impl=conv_transpose, **init)
     relu = jax.nn.relu
     # inference_net: Conv2D(32, 3, 2, relu), Conv2D(64, 3, 2, relu), Flatten, Dense(code_size)
@@ -141,7 +195,7 @@ class _ConvNets(Model):
   @classmethod
   def from_config(cls, config, rngs: nnx.Rngs):
     return cls(config.latent_dim, rngs=rngs, conv_transpose=config.conv_transpose,
-               gemm_dtype=_gemm_dtype(config))
+               gemm_dtype=gemm_dtype_of(config))
 
   def _code(self, x_BHWC):
     return layers.sequential(x_BHWC, self.enc_conv1, self.enc_conv2, layers.flatten,
@@ -195,7 +249,7 @@ class _MLPNets(Model):
       raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     self.latent_dim = latent_dim
     self.activation = activation
-    init = dict(kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, gemm_dtype=gemm_dtype, rngs=rngs)
+    init = dict(kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, gemm_dtype=gemm_dtype, rngs=rngs)
     sizes = (IMAGE_SIZE, *hidden_sizes)
     self.enc_hidden = nnx.List([layers.Linear(a, b, **init) for a, b in zip(sizes, sizes[1:])])
     self.enc_out = layers.Linear(sizes[-1], code_size, **init)
@@ -206,7 +260,7 @@ class _MLPNets(Model):
   @classmethod
   def from_config(cls, config, rngs: nnx.Rngs):
     return cls(config.latent_dim, hidden_sizes=tuple(config.hidden_sizes),
-               activation=config.activation, rngs=rngs, gemm_dtype=_gemm_dtype(config))
+               activation=config.activation, rngs=rngs, gemm_dtype=gemm_dtype_of(config))
 
   def _mlp(self, h, hidden, out):
     act = ACTIVATIONS[self.activation]

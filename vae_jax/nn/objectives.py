@@ -83,17 +83,20 @@ def elbo(model, x, key_B, ctx: Context):
   reported is the unclamped one.
   """
   c = ctx.config
-  mean, logvar = model.encode(ctx.x_input)
-  eps = per_example_normal(key_B, (model.latent_dim,))
-  z = models.reparameterize_with_eps(eps.astype(mean.dtype), mean, logvar)
-  terms = losses.negative_elbo_terms(model.decode(z), x, z, mean, logvar, c.kl)
-  penalty = terms["kl"]
+  posterior = model.posterior(ctx.x_input)
+  latent = model.latent(posterior, per_example_normal(key_B, (model.noise_dim,)))
+  rec = -losses.bernoulli_log_likelihood(model.decode(latent.z), x)
+  if c.kl == "mc":
+    kl = latent.log_q() - latent.log_p()
+  else:  # one Gaussian layer under N(0, I) (resolve.check refuses the others)
+    kl = losses.kl_analytic(*_float32(*posterior))
+  penalty = kl
   if ctx.train and c.free_bits > 0:
-    mean, logvar, z = _float32(mean, logvar, z)
+    mean, logvar, z = _float32(*posterior, latent.z)
     kl_BxL = (losses.kl_mc(z, mean, logvar, axis=()) if c.kl == "mc"
               else losses.kl_analytic(mean, logvar, axis=()))
     penalty = jnp.sum(jnp.maximum(kl_BxL, c.free_bits), axis=-1)
-  return {**terms, "loss": terms["rec"] + ctx.kl_weight * penalty}
+  return {"loss": rec + ctx.kl_weight * penalty, "rec": rec, "kl": kl}
 
 
 @register_objective("iwae", settings=("iw_samples", "beta", "kl_warmup_epochs", "denoise"))
@@ -102,18 +105,17 @@ def iwae(model, x, key_B, ctx: Context):
 
     loss = -log (1/k) sum_j w_j,   log w_j = log p(x|z_j) - kl_weight * (log q(z_j|x) - log p(z_j)),
 
-  z_1..z_k ~ q(z|x) drawn from the example's key (k = 1 is the seed's ELBO with the same z).
+  z_1..z_k ~ q(z|x) drawn from the example's key (k = 1 is the seed's ELBO with the same z); with
+  several stochastic layers z is all of them (Model.latent).
   "rec" and "kl" are the averages over the k samples of -log p(x|z_j) and log q(z_j|x) - log p(z_j).
   """
   k = ctx.config.iw_samples
   batch = x.shape[0]
-  mean, logvar = model.encode(ctx.x_input)
-  eps = per_example_normal(key_B, (k, model.latent_dim))
-  z = models.reparameterize_with_eps(eps.astype(mean.dtype), mean[:, None], logvar[:, None])
-  x_logits = model.decode(z.reshape(batch * k, model.latent_dim))
+  latent = model.latent(model.posterior(ctx.x_input),
+                        per_example_normal(key_B, (k, model.noise_dim)))
+  x_logits = model.decode(latent.z.reshape(batch * k, -1))
   log_px = losses.bernoulli_log_likelihood(x_logits, jnp.repeat(x, k, axis=0)).reshape(batch, k)
-  mean, logvar, z = _float32(mean, logvar, z)
-  kl = losses.kl_mc(z, mean[:, None], logvar[:, None])
+  kl = latent.log_q() - latent.log_p()
   log_w = log_px - ctx.kl_weight * kl
   bound = jax.nn.logsumexp(log_w, axis=1) - math.log(k)
   return {"loss": -bound, "rec": -jnp.mean(log_px, axis=1), "kl": jnp.mean(kl, axis=1)}

@@ -29,6 +29,9 @@ def check(config: Config) -> tuple[type[models.Model], objectives.Objective]:
                     f"--model {config.model} is {kind(model.stochastic)}; use --objective "
                     f"{' | '.join(fits)}")
   _check_applies(config, model.settings, MODEL_SETTINGS, f"--model {config.model}")
+  if not model.gaussian_latent and (config.kl != "mc" or config.free_bits):
+    raise UserError(f"--model {config.model} has several stochastic layers; --kl analytic and "
+                    "--free-bits need one Gaussian layer under N(0, I)")
   if objective.settings is not None:
     _check_applies(config, objective.settings, OBJECTIVE_SETTINGS,
                    f"--objective {config.objective}")

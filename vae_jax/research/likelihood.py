@@ -10,8 +10,9 @@ the number of images per call, nor how many images are evaluated. log p(x|z) is 
 cross-entropy of the decoder's logits in float32 (never of clamped probabilities), and the
 log-mean-exp is taken in float32.
 
-Models follow the project's interface: `encode(x) -> (mean, logvar)` (VAEs) or `(z, None)`
-(deterministic autoencoders, `stochastic = False`), `decode(z) -> Bernoulli logits`.
+Models follow the project's interface: VAEs give z ~ q(z|x) with log q(z|x) and log p(z) over all
+their stochastic layers by `latent(posterior(x), eps)` (vae_jax.nn.models.Model), deterministic
+autoencoders (`stochastic = False`) `encode(x) -> (z, None)`; `decode(z) -> Bernoulli logits`.
 """
 
 import functools
@@ -23,11 +24,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vae_jax.nn import losses
-from vae_jax.nn.models import reparameterize_with_eps
+from vae_jax.nn import losses, models
 
-_LOG2PI = math.log(2.0 * math.pi)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[z_u]) > 0.01
+ACTIVE_UNIT_SAMPLES = 100  # samples of the layers below that E_q[z_i|x] of a higher layer averages
 NO_LIKELIHOOD = "no likelihood: deterministic autoencoder"
 
 
@@ -56,33 +56,31 @@ def _default_index(x, index_B):
 
 
 def _sample_terms(graphdef, state, x, index_B, key, k: int, chunk: int):
-  """(mean, logvar, log_w (B, k), log p(x|z) (B, k)) for the k samples of each image."""
+  """(posterior, log_w (B, k), log p(x|z) (B, k)) for the k samples of each image."""
   model = nnx.merge(graphdef, state)
-  mean, logvar = (a.astype(jnp.float32) for a in model.encode(x))
+  posterior_fn, latent_fn, noise_dim, _ = models.latent_interface(model)
+  posterior = jax.tree.map(lambda a: a.astype(jnp.float32), posterior_fn(x))
   x_Bx1xD = _flat(x)[:, None, :]
   chunk = min(chunk, k)
   num_chunks = -(-k // chunk)
-  batch, latent_dim = mean.shape
+  batch = x.shape[0]
 
   def one_chunk(c):
-    eps = sample_noise(key, index_B, c * chunk + jnp.arange(chunk), latent_dim)  # (B, S, L)
-    z = reparameterize_with_eps(eps, mean[:, None], logvar[:, None])
-    x_logits = model.decode(z.reshape(batch * chunk, latent_dim))
+    eps = sample_noise(key, index_B, c * chunk + jnp.arange(chunk), noise_dim)  # (B, S, N)
+    latent = latent_fn(posterior, eps)
+    x_logits = model.decode(latent.z.reshape(batch * chunk, -1))
     log_px_z = _bernoulli_log_prob(x_logits.reshape(batch, chunk, -1), x_Bx1xD)
-    log_pz = jnp.sum(-0.5 * (jnp.square(z) + _LOG2PI), axis=-1)
-    # log q(z|x) from the noise itself: (z - mean)^2 / var = eps^2 exactly.
-    log_qz = jnp.sum(-0.5 * (jnp.square(eps) + logvar[:, None] + _LOG2PI), axis=-1)
-    return log_px_z + log_pz - log_qz, log_px_z
+    return log_px_z + latent.log_p() - latent.log_q(), log_px_z
 
   log_w, log_px_z = jax.lax.map(one_chunk, jnp.arange(num_chunks))  # (C, B, S) each
   def samples_last(a):
     return a.transpose(1, 0, 2).reshape(batch, num_chunks * chunk)[:, :k]
-  return mean, logvar, samples_last(log_w), samples_last(log_px_z)
+  return posterior, samples_last(log_w), samples_last(log_px_z)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "k", "chunk"))
 def _log_weights(graphdef, state, x, index_B, key, k, chunk):
-  return _sample_terms(graphdef, state, x, index_B, key, k, chunk)[2]
+  return _sample_terms(graphdef, state, x, index_B, key, k, chunk)[1]
 
 
 def log_importance_weights(model, x, key, k: int, chunk: int, index_B=None):
@@ -112,24 +110,34 @@ def prefix_sizes(k: int) -> tuple[int, ...]:
 
 def _evaluate_vae(graphdef, state, x, index_B, key, k, chunk):
   is_key, elbo_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-  mean, logvar, log_w, log_px_z = _sample_terms(graphdef, state, x, index_B, is_key, k, chunk)
+  posterior, log_w, log_px_z = _sample_terms(graphdef, state, x, index_B, is_key, k, chunk)
   model = nnx.merge(graphdef, state)
+  _, latent_fn, noise_dim, gaussian_latent = models.latent_interface(model)
   # The seed's one-sample Monte Carlo ELBO, with noise of its own.
-  eps = sample_noise(elbo_key, index_B, jnp.zeros(1, jnp.int32), mean.shape[1])[:, 0]
-  z = reparameterize_with_eps(eps, mean, logvar)
-  mc = losses.negative_elbo_terms(model.decode(z), x, z, mean, logvar, kl="mc")
+  eps = sample_noise(elbo_key, index_B, jnp.zeros(1, jnp.int32), noise_dim)[:, 0]
+  latent = latent_fn(posterior, eps)
+  neg_elbo_mc1 = (-losses.bernoulli_log_likelihood(model.decode(latent.z), x)
+                  + (latent.log_q() - latent.log_p()))
+  # E_q[z_i|x] of each layer, for the active units: exact for the first, over samples above it.
+  means = latent_fn(posterior, sample_noise(jax.random.fold_in(key, 2), index_B,
+                                            jnp.arange(ACTIVE_UNIT_SAMPLES), noise_dim))
   weights = jax.nn.softmax(log_w, axis=-1)
+  mean = model.encode(x)[0]
   mean_logits = _flat(model.decode(mean))
+  # The analytic KL where q is one Gaussian under N(0, I), else its estimate on the k samples.
+  kl = (losses.kl_analytic(*posterior) if gaussian_latent
+        else jnp.mean(log_px_z - log_w, axis=-1))
   return {
       "log_px": log_mean_exp(log_w),
       "log_px_by_k": jnp.stack([log_mean_exp(log_w[:, :n]) for n in prefix_sizes(k)], axis=-1),
       "rec": -jnp.mean(log_px_z, axis=-1),
       "neg_elbo_same_samples": -jnp.mean(log_w, axis=-1),
-      "kl": losses.kl_analytic(mean, logvar),
-      "neg_elbo_mc1": mc["loss"],
+      "kl": kl,
+      "neg_elbo_mc1": neg_elbo_mc1,
       "ess": 1.0 / jnp.sum(jnp.square(weights), axis=-1),
       "pixel_errors": jnp.sum((mean_logits > 0) != (_flat(x) > 0.5), axis=-1),
-      "mean": mean,
+      **{f"mean_z{i + 1}" if i else "mean": jnp.mean(m.astype(jnp.float32), axis=1)
+         for i, m in enumerate(means.means)},
   }
 
 
@@ -166,6 +174,15 @@ def active_units(mean_NxL, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
   return int(np.sum(np.var(np.asarray(mean_NxL, np.float64), axis=0) > threshold))
 
 
+def _layer_units(terms: dict) -> dict:
+  """With several stochastic layers, the active units and size of each (bottom first)."""
+  names = ["mean"] + sorted((n for n in terms if n.startswith("mean_z")), key=lambda n: int(n[6:]))
+  if len(names) == 1:
+    return {}
+  return {"active_units_by_layer": [active_units(terms[n]) for n in names],
+          "latent_dims_by_layer": [int(np.shape(terms[n])[1]) for n in names]}
+
+
 def summarize(terms: dict, pixels: int, k: int) -> dict:
   """Means over the test images of the per-image terms (concatenated batches of `evaluate_batch`).
 
@@ -195,6 +212,7 @@ def summarize(terms: dict, pixels: int, k: int) -> dict:
       "neg_elbo_mc1": mean("neg_elbo_mc1"),
       "kl": mean("kl"), "rec": mean("rec"),
       "active_units": active_units(terms["mean"]), "latent_dim": int(np.shape(terms["mean"])[1]),
+      **_layer_units(terms),
       "ess_mean": mean("ess"),
       "nll_by_k": {str(s): float(v) for s, v in zip(prefix_sizes(k), by_k)},
   }
