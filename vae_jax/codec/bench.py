@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from vae_jax.nn import losses
-from vae_jax.codec import baselines, container, images as images_lib, lossy
+from vae_jax.codec import baselines, container, context, images as images_lib, lossy
 from vae_jax.codec.files import Codec
 from vae_jax.codec.tables import cpu_device
 from vae_jax.errors import UserError
@@ -33,6 +33,8 @@ PIXELS = 784
 LN2 = math.log(2.0)
 DEFAULT_STEPS = (0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6)  # in posterior standard deviations
 DEFAULT_PCA_STEPS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)
+DEFAULT_KS = (1, 4, 16, 64)
+CONTEXT_ALONE, VAE_ALONE = frozenset({context.CONTEXT}), frozenset({context.VAE})
 
 
 def _bpp(n_bytes: float, n_images: int) -> float:
@@ -67,8 +69,8 @@ def computed_negative_elbo(model: nnx.Module, images01: np.ndarray, pixel_bits: 
   return float(plain), float(clamped)
 
 
-def lossless(codec: Codec, images01: np.ndarray) -> dict:
-  raw, enc = codec.encode_lossless(images01, show_progress=True)
+def lossless(codec: Codec, images01: np.ndarray, **kwargs) -> dict:
+  raw, enc = codec.encode_lossless(images01, show_progress=True, **kwargs)
   decoded, dec = codec.decode(raw, "benchmark file", show_progress=True)
   return {"bytes": len(raw), "bits_per_pixel": _bpp(len(raw), len(images01)),
           "bits_per_image": 8 * len(raw) / len(images01),
@@ -77,26 +79,58 @@ def lossless(codec: Codec, images01: np.ndarray) -> dict:
           "initial_bits_per_pixel": _bpp(enc.extra["initial_bits"] / 8, len(images01)),
           "encode_images_per_sec": enc.images_per_sec, "decode_images_per_sec": dec.images_per_sec,
           "encode_seconds": enc.seconds, "decode_seconds": dec.seconds,
-          "compile_seconds": enc.compile_seconds + dec.compile_seconds}
+          "compile_seconds": enc.compile_seconds + dec.compile_seconds,
+          "images_per_method": enc.extra["images_per_method"]}
 
 
 def adversarial_sets(test01: np.ndarray, n: int = 100) -> dict[str, np.ndarray]:
-  """Images unlike the training data, n of each kind, as (n, 28, 28, 1) {0,1}."""
+  """Images unlike the training data, n of each kind (at most the test images), (n, 28, 28, 1)."""
+  n = min(n, len(test01))
   shape = (n,) + test01.shape[1:]
   checker = (np.indices(test01.shape[1:3]).sum(0) % 2).astype(np.uint8)[..., None]
+  shifted = np.zeros(shape, np.uint8)
+  shifted[:, :, 1:] = test01[:n, :, :-1]
   return {"all black (0)": np.zeros(shape, np.uint8), "all white (1)": np.ones(shape, np.uint8),
           "uniform noise": np.random.default_rng(0).integers(0, 2, shape, dtype=np.uint8),
           "inverted test digits": 1 - test01[:n],
-          "checkerboards": np.broadcast_to(checker, shape).copy()}
+          "checkerboards": np.broadcast_to(checker, shape).copy(),
+          "test digits shifted 1 pixel right": shifted,
+          "test digits rotated 90°": np.rot90(test01[:n], axes=(1, 2)).copy()}
+
+
+def _coded(codec: Codec, x: np.ndarray, **kwargs) -> dict:
+  """One file of x: its bytes, bits/pixel, whether it decodes exactly, its images per method."""
+  raw, enc = codec.encode_lossless(x, **kwargs)
+  decoded, dec = codec.decode(raw, "benchmark file")
+  return {"bytes": len(raw), "bits_per_pixel": _bpp(len(raw), len(x)),
+          "exact": bool(np.array_equal(decoded, x)),
+          "images_per_method": enc.extra["images_per_method"],
+          "max_image_bits": enc.extra["max_image_bits"], "initial_bits": enc.extra["initial_bits"],
+          "net_bits_per_image": float(enc.extra["image_bits"].mean()),
+          "encode_images_per_sec": enc.images_per_sec, "decode_images_per_sec": dec.images_per_sec}
 
 
 def adversarial(codec: Codec, test01: np.ndarray) -> dict[str, dict]:
   rows = {}
   for name, x in adversarial_sets(test01).items():
-    raw, _ = codec.encode_lossless(x)
-    decoded, _ = codec.decode(raw, "benchmark file")
-    rows[name] = {"images": len(x), "bytes": len(raw), "bits_per_pixel": _bpp(len(raw), len(x)),
-                  "exact": bool(np.array_equal(decoded, x))}
+    jbig = baselines.jbig_bytes(x)
+    rows[name] = {"images": len(x), **_coded(codec, x),
+                  "context_alone": _coded(codec, x, methods=CONTEXT_ALONE),
+                  "jbig_bits_per_pixel": None if jbig is None else _bpp(jbig, len(x))}
+  return rows
+
+
+def rate_against_k(codec: Codec, images01: np.ndarray, ks, iwae=None) -> list[dict]:
+  """BB-IS (the VAE alone) at each k: net bits per image, the whole file, the initial bits apart,
+  speeds; beside the float model's IWAE-k bound (`iwae(images, k)`: mean -log p in nats)."""
+  rows = []
+  for k in ks:
+    print(f"BB-IS k={k}", file=sys.stderr)
+    row = {"k": k, **_coded(codec, images01, methods=VAE_ALONE, samples=k)}
+    row["net_bits_per_pixel"] = row["net_bits_per_image"] / PIXELS
+    if iwae is not None:
+      row["iwae_bits_per_pixel"] = iwae(images01, k) / (PIXELS * LN2)
+    rows.append(row)
   return rows
 
 
@@ -233,7 +267,8 @@ def _same_data(spec: str, other: str) -> bool:
 
 
 def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[str], out_dir: str,
-        count: int | None, steps, pca_steps, command: str) -> dict:
+        count: int | None, steps, pca_steps, command: str, ks=DEFAULT_KS,
+        k_count: int = 1000, iwae=None) -> dict:
   """Measures everything, writes report.json, report.md and rd.png into out_dir; returns the report."""
   codec = Codec(model, config)
   report = {"command": command, "model": model_spec, "date": datetime.date.today().isoformat(),
@@ -254,6 +289,9 @@ def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[st
                           for name, b in baselines.measure(test).items()}
     print(f"{spec}: bits-back", file=sys.stderr)
     entry["bits_back"] = lossless(codec, test)
+    print(f"{spec}: the context coder alone, the VAE alone", file=sys.stderr)
+    entry["context_alone"] = lossless(codec, test, methods=CONTEXT_ALONE)
+    entry["vae_alone"] = lossless(codec, test, methods=VAE_ALONE)
     computed, clamped = computed_negative_elbo(model, test, codec.settings.precision.pixel_bits)
     entry["bound"] = {"computed_nats": computed, "computed_bits_per_pixel": computed / (PIXELS * LN2),
                       "clamped_nats": clamped, "clamped_bits_per_pixel": clamped / (PIXELS * LN2)}
@@ -263,6 +301,8 @@ def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[st
     if i == 0:
       print(f"{spec}: adversarial images", file=sys.stderr)
       entry["adversarial"] = adversarial(codec, test)
+      entry["rate_against_k"] = rate_against_k(codec, test[:k_count], ks, iwae)
+      entry["rate_against_k_images"] = min(k_count, len(test))
       print(f"{spec}: rate-distortion", file=sys.stderr)
       entry["lossy"] = lossy_curve(codec, test, steps)
       train = images_lib.load(spec, "train")
@@ -314,8 +354,13 @@ def markdown(report: dict) -> str:
       lines.append(f"| {name} | " + ("not installed | — | — |" if value is None else
                                      f"{value['bytes']:,} | {value['bits_per_pixel']:.4f} |"
                                      + vs(value["bytes"])))
-    lines.append(f"| **VAE bits-back (whole file)** | {bb['bytes']:,} | **{bb['bits_per_pixel']:.4f}** |"
-                 + vs(bb["bytes"]))
+    ctx, vae = entry["context_alone"], entry["vae_alone"]
+    lines.append(f"| context coder alone (KT counts on JBIG's template) | {ctx['bytes']:,} | "
+                 f"{ctx['bits_per_pixel']:.4f} |" + vs(ctx["bytes"]))
+    lines.append(f"| VAE bits-back alone | {vae['bytes']:,} | {vae['bits_per_pixel']:.4f} |"
+                 + vs(vae["bytes"]))
+    lines.append(f"| **per image the shortest of VAE, context coder, raw (whole file)** | "
+                 f"{bb['bytes']:,} | **{bb['bits_per_pixel']:.4f}** |" + vs(bb["bytes"]))
     if "metrics_nats" in bound:
       lines.append(f"| model −ELBO from its training metrics (bound) | — | "
                    f"{bound['metrics_bits_per_pixel']:.4f} | — |")
@@ -331,13 +376,36 @@ def markdown(report: dict) -> str:
               f"encode {bb['encode_images_per_sec']:,.0f} images/s, decode "
               f"{bb['decode_images_per_sec']:,.0f} images/s (compilation {bb['compile_seconds']:.1f} s "
               "apart).", ""]
+    lines += ["Images per method: " + ", ".join(f"{k} {v:,}" for k, v in
+                                                bb["images_per_method"].items()) + ".", ""]
     if "adversarial" in entry:
-      lines += ["### Adversarial images (bits-back, each kind coded as its own file)", "",
-                "| images | count | bytes | bits/pixel | exact round trip |", "|---|---:|---:|---:|---|"]
+      lines += ["### Adversarial images (each kind coded as its own file)", "",
+                "| images | count | bits/pixel | context coder alone | JBIG | images per method "
+                "(VAE/context/raw) | largest image, bits | exact round trip |",
+                "|---|---:|---:|---:|---:|---|---:|---|"]
       for name, r in entry["adversarial"].items():
-        lines.append(f"| {name} | {r['images']} | {r['bytes']:,} | {r['bits_per_pixel']:.4f} | "
+        jbig_bpp = "—" if r["jbig_bits_per_pixel"] is None else f"{r['jbig_bits_per_pixel']:.4f}"
+        lines.append(f"| {name} | {r['images']} | {r['bits_per_pixel']:.4f} | "
+                     f"{r['context_alone']['bits_per_pixel']:.4f} | {jbig_bpp} | "
+                     + "/".join(str(v) for v in r["images_per_method"].values())
+                     + f" | {r['max_image_bits']:.1f} | {r['exact'] and r['context_alone']['exact']} |")
+      lines += ["", "No image costs more than its 784 raw bits plus its method flag (<= 5 bits); "
+                "the file adds its header.", ""]
+    if "rate_against_k" in entry:
+      lines += [f"### Importance-sampled bits-back (BB-IS), the VAE alone, first "
+                f"{entry['rate_against_k_images']:,} images", "",
+                "| k | net bits/pixel | IWAE-k bound (float model) | whole file bits/pixel | "
+                "initial bits | encode images/s | decode images/s | exact |",
+                "|---:|---:|---:|---:|---:|---:|---:|---|"]
+      for r in entry["rate_against_k"]:
+        bound = f"{r['iwae_bits_per_pixel']:.4f}" if "iwae_bits_per_pixel" in r else "—"
+        lines.append(f"| {r['k']} | {r['net_bits_per_pixel']:.4f} | {bound} | "
+                     f"{r['bits_per_pixel']:.4f} | {r['initial_bits']:,} | "
+                     f"{r['encode_images_per_sec']:,.0f} | {r['decode_images_per_sec']:,.0f} | "
                      f"{r['exact']} |")
-      lines.append("")
+      lines += ["", "Net: what the chain charges per image (the stack's growth, from the integer "
+                "tables), without the initial bits, which grow with k (a batch pops k latents per "
+                "image before it pushes k - 1 back) and are counted in the whole file.", ""]
     if "lossy" in entry:
       lines += ["### Lossy: rate–distortion", "", "![rate-distortion](rd.png)", "",
                 "| codec | step | bits/image | pixel error rate | BCE nats/image | coded dims | decode = encoder's image |",

@@ -63,8 +63,12 @@ def encode(tables: ModelTables | None, images: np.ndarray, settings: bitsback.Se
   seed = bitsback.seed_words(settings.seed_words)
   coder = constriction.stream.stack.AnsCoder(seed)
   use_vae = VAE in methods and tables is not None and images.shape[1:] == IMAGE_SHAPE
-  estimate = (bitsback.estimate_bits(tables, images, settings) if use_vae
-              else np.full(n, np.inf))
+  if not use_vae:
+    estimate = np.full(n, np.inf)
+  elif len(methods) == 1:
+    estimate = np.zeros(n)  # nothing to choose
+  else:
+    estimate = bitsback.estimate_bits(tables, images, settings)
   schedule = context.blocks(n)
   method, bits = np.zeros(n, np.int64), np.zeros(n)
   counts, coded = context.Counts(), {}

@@ -108,9 +108,12 @@ def export(workdir: str, out_dir: str, command: str) -> str:
 
 
 def resolve(spec: str) -> tuple[Config, nnx.Module, list[dict]]:
-  """--model: `pretrained` (or `pretrained:NAME`), else a run's workdir (its newest checkpoint)."""
+  """--model: `pretrained` (or `pretrained:NAME`), a model folder (`export`'s, e.g. from
+  `compress fit`), else a run's workdir (its newest checkpoint)."""
   if spec == "pretrained" or spec.startswith("pretrained:"):
     return load(spec.partition(":")[2] or DEFAULT)
+  if os.path.isfile(os.path.join(spec, PARAMS)):
+    return load_folder(spec)
   from vae_jax.training import run  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(spec):
     raise UserError(f"--model {spec}: not a run's workdir (directory not found) nor 'pretrained'")
