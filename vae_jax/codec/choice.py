@@ -10,7 +10,8 @@ forward), then runs the chain backwards, and must end on the seed.
 The encoder decides in two passes:
 1. block by block, each image takes the cheapest of its estimated VAE cost (its net bits at one
    latent drawn from its q(z|x), `bitsback.estimate_bits`), its context cost (from the counts the
-   blocks before left) and raw;
+   blocks before left) and raw — unless what the VAE saves in all is below the chain's initial
+   bits (about one image's latents, k * L * latent_bits), then the context coder and raw alone;
 2. the chain runs over the images that chose the VAE; any image whose cost on it is above its raw
    bits (or below VAE_MIN_BITS) moves to raw, its batch undone and formed again
    (`bitsback.encode_chain`'s `accept`). Raw images leave the context counts alone, so no other
@@ -54,6 +55,32 @@ def _flag_rows(counts: np.ndarray, size: int) -> np.ndarray:
   return np.tile(context.flag_weights(counts).astype(np.float64), (size, 1))
 
 
+def _decide(images, estimate, raw_bits, methods, schedule):
+  """Block by block, each image's cheapest method from its VAE estimate, its context cost (from
+  the counts the context images of the blocks before left) and raw bits. Returns (method, bits,
+  the context images' probabilities by block start, the bits the VAE saves over the others)."""
+  n = len(images)
+  method, bits = np.zeros(n, np.int64), np.zeros(n)
+  counts, coded, saving = context.Counts(), {}, 0.0
+  for start, size in schedule:
+    x = images[start:start + size, ..., 0]
+    costs = np.full((3, size), np.inf)
+    costs[VAE], costs[RAW] = estimate[start:start + size], raw_bits
+    if CONTEXT in methods:
+      k, ctx = counts.code(x)
+      costs[CONTEXT] = context.bits(k, x.reshape(size, -1))
+    m = np.argmin(costs, axis=0)
+    method[start:start + size], bits[start:start + size] = m, costs[m, np.arange(size)]
+    vae = m == VAE
+    if vae.any():
+      saving += float(np.sum(np.min(costs[1:, vae], 0) - costs[VAE, vae]))
+    take = m == CONTEXT
+    if take.any():
+      counts.add(ctx[take], x[take])
+      coded[start] = (k[take], x[take].reshape(int(take.sum()), -1))
+  return method, bits, coded, saving
+
+
 def encode(tables: ModelTables | None, images: np.ndarray, settings: bitsback.Settings,
            methods: frozenset = ALL, progress: Callable[[int], None] = lambda n: None) -> Result:
   """The payload of {0,1} images (N, H, W, 1); the VAE takes part when `tables` is given and the
@@ -70,22 +97,13 @@ def encode(tables: ModelTables | None, images: np.ndarray, settings: bitsback.Se
   else:
     estimate = bitsback.estimate_bits(tables, images, settings)
   schedule = context.blocks(n)
-  method, bits = np.zeros(n, np.int64), np.zeros(n)
-  counts, coded = context.Counts(), {}
-  for start, size in schedule:
-    x = images[start:start + size, ..., 0]
-    costs = np.full((3, size), np.inf)
-    costs[VAE], costs[RAW] = estimate[start:start + size], raw_bits
-    if CONTEXT in methods:
-      k, ctx = counts.code(x)
-      costs[CONTEXT] = context.bits(k, x.reshape(size, -1))
-    m = np.argmin(costs, axis=0)
-    method[start:start + size], bits[start:start + size] = m, costs[m, np.arange(size)]
-    take = m == CONTEXT
-    if take.any():
-      counts.add(ctx[take], x[take])
-      coded[start] = (k[take], x[take].reshape(int(take.sum()), -1))
-    progress(int(size - (m == VAE).sum()))
+  method, bits, coded, saving = _decide(images, estimate, raw_bits, methods, schedule)
+  if use_vae and len(methods) > 1 and saving < settings.samples * tables.latent_dim * \
+      settings.precision.latent_bits:
+    # the chain's initial bits (about one image's latents popped from the seed: k * L * latent_bits)
+    # would cost more than the VAE saves here
+    method, bits, coded, _ = _decide(images, np.full(n, np.inf), raw_bits, methods, schedule)
+  progress(int((method != VAE).sum()))
   chosen = np.nonzero(method == VAE)[0]
   if len(chosen):
     # raw images leave the context counts alone, so moving an image there changes no other choice
