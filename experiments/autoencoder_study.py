@@ -15,9 +15,8 @@ import argparse
 import dataclasses
 import os
 import sys
-import warnings
 
-from vae_jax.training import hugepages
+from vae_jax import cli
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -61,8 +60,8 @@ FLAGS = {  # flag: (StudyConfig field, parser, help)
 def parse_args(argv=None) -> argparse.Namespace:
   from vae_jax.study.runner import StudyConfig  # pylint: disable=import-outside-toplevel
   defaults = StudyConfig()
-  p = argparse.ArgumentParser(prog="python -m experiments.autoencoder_study", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m experiments.autoencoder_study", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", required=True, help="the study's directory (runs are reused from it)")
   p.add_argument("--quick", action="store_true",
                  help="tiny preset for tests: latent sizes 2,4, 1 epoch, 1,000 samples")
@@ -95,24 +94,22 @@ def _commit() -> str | None:
   return head + ("+changes" if dirty else "")
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
-  warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+def _run(args: argparse.Namespace) -> None:
   from vae_jax.study import runner as study, report as study_report  # pylint: disable=import-outside-toplevel
   from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-  try:
-    results = study.run_study(study_config(args), args.out)
-    results["command"] = " ".join(["python -m experiments.autoencoder_study", *sys.argv[1:]])
-    results["commit"] = _commit()
-    study_report.write_report(results, args.out)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise UserError(f"{args.out} is a file; --out names the study's directory")
+  results = study.run_study(study_config(args), args.out)
+  results["command"] = " ".join(["python -m experiments.autoencoder_study", *sys.argv[1:]])
+  results["commit"] = _commit()
+  study_report.write_report(results, args.out)
   print(f"wrote {os.path.join(args.out, 'report.md')}")
-  return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(lambda: _run(parse_args(argv)), safe_points=True,
+                  hint="the same command again continues")
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(main())
+  cli.start(main)

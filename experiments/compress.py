@@ -14,12 +14,14 @@ import os
 import shlex
 import sys
 
-from vae_jax.training import hugepages
+from vae_jax import cli, interrupts
+
+STOPPED = "interrupted: nothing was written; the same command again starts over"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m experiments.compress", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m experiments.compress", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="command", required=True)
   model_help = "a run's workdir, or 'pretrained' (shipped in the package)"
   data_help = ("idx:DIR (a dataset's IDX files), idx:FILE (one images IDX file), png:DIR or a "
@@ -73,6 +75,7 @@ def _encode(args) -> None:
     raw, report, _, _ = codec.encode_lossy(x, args.step, show_progress=not args.quiet)
   else:
     raw, report = codec.encode_lossless(x, show_progress=not args.quiet)
+  interrupts.stop(STOPPED)  # a signal during the lossy pass, which has no safe point inside
   images.write_file(args.out, raw)
   print(report.summary("encoded"))
 
@@ -90,6 +93,7 @@ def _decode(args) -> None:
   container.parse(raw, args.file)  # damage is reported before the model loads
   config, model, _ = pretrained.resolve(args.model)
   decoded, report = files.Codec(model, config).decode(raw, args.file, show_progress=not args.quiet)
+  interrupts.stop(STOPPED)
   images.write_decoded(args.out, decoded)
   print(report.summary("decoded"))
 
@@ -117,17 +121,14 @@ def _export(args) -> None:
   print(f"wrote {pretrained.export(args.workdir, args.out, args.train_command)}")
 
 
+def _run(args: argparse.Namespace) -> None:
+  {"encode": _encode, "decode": _decode, "bench": _bench, "export": _export}[args.command](args)
+
+
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-  try:
-    {"encode": _encode, "decode": _decode, "bench": _bench, "export": _export}[args.command](args)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.main(lambda: _run(parse_args(argv)), safe_points=True,
+                  hint="nothing unfinished was written")
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(main())
+  cli.start(main)

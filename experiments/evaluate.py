@@ -8,24 +8,15 @@ evaluation_k{K}_n{N}_s{S}.json; the same settings again need --force. See docs/l
 """
 
 import argparse
-import os
-import sys
-import warnings
 
-from vae_jax.training import hugepages
+from vae_jax import cli
 from vae_jax.research.evaluation import Settings
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   d = Settings()
-  p = _Parser(prog="python -m experiments.evaluate", description=__doc__,
-              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True, help="a run of python -m experiments.mnist_vae")
   p.add_argument("--iw-samples", type=int, default=d.iw_samples,
                  help="k, importance samples from q(z|x) per image")
@@ -43,23 +34,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
-  warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+def _run(args: argparse.Namespace) -> None:
   from vae_jax.research import evaluation  # pylint: disable=import-outside-toplevel
-  from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   settings = Settings(iw_samples=args.iw_samples, test_size=args.test_size, seed=args.seed,
                       chunk=args.chunk, batch=args.batch, data=args.data)
-  try:
-    path, report = evaluation.evaluate_run(args.workdir, settings, force=args.force)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  path, report = evaluation.evaluate_run(args.workdir, settings, force=args.force)
   print(f"{evaluation.summary_line(report)}  -> {path}")
-  return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(lambda: _run(parse_args(argv)), safe_points=True,
+                  hint="the images since the last start are not kept")
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(main())
+  cli.start(main)

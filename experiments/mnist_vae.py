@@ -14,14 +14,9 @@ See docs/flags.md for every flag and the outputs written to --workdir.
 import argparse
 import dataclasses
 import importlib
-import os
-import sys
-import warnings
 
-from vae_jax.training import hugepages
-from vae_jax import interrupts
+from vae_jax import cli
 from vae_jax.config import Config, get_config
-from vae_jax.errors import UserError, flush_std_streams, report
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -33,8 +28,8 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def parse_args(argv=None) -> argparse.Namespace:
   d = get_config()
-  p = argparse.ArgumentParser(prog="python -m experiments.mnist_vae", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m experiments.mnist_vae", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data", default=d.data, help="tfds:NAME | idx:DIR | mnist-5k | auto (default)")
   p.add_argument("--epochs", type=int, default=d.epochs)
   p.add_argument("--latent-dim", type=int, default=d.latent_dim)
@@ -104,29 +99,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
   return dataclasses.replace(get_config(), **{k: v for k, v in vars(args).items() if k in fields})
 
 
-def main(argv=None) -> int:
-  interrupts.install()  # first: Ctrl-C at any point asks the run to stop where nothing is lost
-  args = parse_args(argv)
+def _run(args: argparse.Namespace) -> None:
   config = config_from_args(args)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds imports TensorFlow
-  warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-  try:
-    from vae_jax.training import parallel, run  # pylint: disable=import-outside-toplevel
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    run.train_and_evaluate(config, args.workdir, resume=args.resume)
-  except UserError as e:
-    report(f"error: {e}")
-    return 2
-  except interrupts.Interrupted as e:
-    report(str(e))
-    return e.exit_code
-  except OSError as e:  # an I/O failure no narrower handler named
-    from vae_jax.training.workdir import reason  # pylint: disable=import-outside-toplevel
-    report(f"error: {e.filename}: {reason(e)}" if e.filename else f"error: {reason(e)}")
-    return 2
-  return 0
+  from vae_jax.training import parallel, run  # pylint: disable=import-outside-toplevel
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  run.train_and_evaluate(config, args.workdir, resume=args.resume)
+
+
+def main(argv=None) -> int:
+  return cli.main(lambda: _run(parse_args(argv)), safe_points=True)
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(flush_std_streams(main()))
+  cli.start(main)
