@@ -85,28 +85,35 @@ def test_binarize_thresholds_at_half():
 
 
 def test_dynamic_binarization_draws_bernoulli_intensity_over_255():
-  # 4,000 copies of every intensity 0..255: each pixel's mean is within 4 standard deviations.
+  # On the device: 4,000 examples holding every intensity 0..255; each pixel's mean is within 4
+  # binomial standard deviations of intensity / 255, exact at the ends.
+  import jax
+  from vae_jax.training import train
   levels = np.arange(256, dtype=np.uint8)
   images = np.broadcast_to(levels, (4000, 256)).reshape(4000, 16, 16, 1)
-  epoch1 = data.binarized_train(images, "dynamic", seed=0, epoch=1)
-  assert epoch1.dtype == np.uint8 and set(np.unique(epoch1)) == {0, 1}
+  key, index = jax.random.key(0), np.arange(4000)
+  draw = jax.jit(train.dynamic_pixels)
+  step1 = np.asarray(draw(images, key, 1, index))
+  assert step1.dtype == np.uint8 and set(np.unique(step1)) == {0, 1}
   p = levels / 255.0
-  mean = epoch1.reshape(4000, 256).mean(axis=0)
+  mean = step1.reshape(4000, 256).mean(axis=0)
   assert np.all(np.abs(mean - p) <= 4 * np.sqrt(p * (1 - p) / 4000) + 1e-12)
-  assert mean[0] == 0 and mean[255] == 1  # exact at the ends
-  np.testing.assert_array_equal(data.binarized_train(images, "dynamic", 0, 1), epoch1)
-  assert not np.array_equal(data.binarized_train(images, "dynamic", 0, 2), epoch1)
-  assert not np.array_equal(data.binarized_train(images, "dynamic", 1, 1), epoch1)
-  np.testing.assert_array_equal(data.binarized_train(images, "threshold", 0, 1),
-                                data.binarize(images))
+  assert mean[0] == 0 and mean[255] == 1
+  # A function of (key, step, global index) alone: halves drawn apart (two micro-batches or
+  # devices) give the same pixels; another step or seed others.
+  halves = [np.asarray(draw(images[s], key, 1, index[s])) for s in (slice(0, 2000), slice(2000, None))]
+  np.testing.assert_array_equal(np.concatenate(halves), step1)
+  assert not np.array_equal(np.asarray(draw(images, key, 2, index)), step1)
+  assert not np.array_equal(np.asarray(draw(images, jax.random.key(1), 1, index)), step1)
 
 
 def test_dynamic_test_set_is_one_fixed_draw():
   images = np.random.default_rng(3).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
   first = data.binarized_test(images, "dynamic")
   np.testing.assert_array_equal(data.binarized_test(images.copy(), "dynamic"), first)
-  # Not one of the training draws, and not the threshold.
-  assert not np.array_equal(first, data.binarized_train(images, "dynamic", 0, 1))
+  # One fixed numpy draw (as before the training draws moved to the device), not the threshold.
+  expected = data.bernoulli_binarize(images, np.random.default_rng(data.DYNAMIC_TEST_SEED))
+  np.testing.assert_array_equal(first, expected)
   assert not np.array_equal(first, data.binarize(images))
   np.testing.assert_array_equal(data.binarized_test(images, "threshold"), data.binarize(images))
   with pytest.raises(data.DataError, match="--binarize must be threshold or dynamic"):

