@@ -71,7 +71,9 @@ def test_context_decode_inverts_encode_and_counts_agree():
   model = constriction.stream.model.Bernoulli(perfect=False)
   coder.encode_reverse(x.reshape(4, -1).T.reshape(-1).astype(np.int32), model,
                        context.probabilities(k.T.reshape(-1)))
-  np.testing.assert_array_equal(dec.decode(lambda p: coder.decode(model, p), 4, 6, 5), x)
+  decoded = dec.decode(lambda p: coder.decode(model, p), 4, 6, 5)
+  np.testing.assert_array_equal(decoded, x)
+  dec.add(context.contexts(decoded), decoded)
   np.testing.assert_array_equal(dec.n, enc.n)
   assert coder.is_empty()
 

@@ -1,21 +1,22 @@
 """Lossless coding that never expands: each image by the shortest of VAE bits-back, the context
 coder and raw bits, the choice in the stream, all on one ANS stack.
 
-The stack, bottom to top: the seed words (bitsback), the bits-back chain of the images the VAE
-codes, then the context section — every image's method flag, then block by block the raw images
-(1 bit a pixel) and the context-coded images. The decoder pops the context section first
-(flags, then the raw and context images, in image order, so the context coder's counts adapt
-forward), then runs the chain backwards, and must end on the seed.
+The stack, bottom to top: the seed words (bitsback), the context section — every image's method
+flag, then block by block the raw images (1 bit a pixel) and the context-coded images — and on
+top the bits-back chain of the images the VAE codes, which gets its first bits back from the
+context section below it. The decoder runs the chain first (the header says how many images it
+holds), then pops the flags, places the chain's images, and decodes the raw and context images
+block by block in image order, so the context coder's counts learn from every earlier image,
+whichever method coded it; it must end on the seed.
 
-The encoder decides in two passes:
-1. block by block, each image takes the cheapest of its estimated VAE cost (its net bits at one
-   latent drawn from its q(z|x), `bitsback.estimate_bits`), its context cost (from the counts the
-   blocks before left) and raw — unless what the VAE saves in all is below the chain's initial
-   bits (about one image's latents, k * L * latent_bits), then the context coder and raw alone;
-2. the chain runs over the images that chose the VAE; any image whose cost on it is above its raw
-   bits (or below VAE_MIN_BITS) moves to raw, its batch undone and formed again
-   (`bitsback.encode_chain`'s `accept`). Raw images leave the context counts alone, so no other
-   choice changes.
+The encoder:
+1. block by block, each image takes the cheapest of its estimated VAE cost (its net bits at
+   latents drawn from its q(z|x), `bitsback.estimate_bits`), its context cost and raw — unless what
+   the VAE saves in all is below the chain's initial bits (about one image's latents,
+   k * L * latent_bits), then the context coder and raw alone;
+2. pushes the context section, then runs the chain over the images that chose the VAE; if one of
+   them costs more than its raw bits on the chain (or below VAE_MIN_BITS), it is moved to raw and
+   both are pushed again (the context costs do not depend on the choices, so nothing else moves).
 
 Bound: an image costs its method's bits (VAE: its net bits on the chain, which `accept` keeps
 <= raw; context: <= raw by the choice) plus its flag (<= 5 bits), so never more than H*W + 5 bits;
@@ -55,30 +56,40 @@ def _flag_rows(counts: np.ndarray, size: int) -> np.ndarray:
   return np.tile(context.flag_weights(counts).astype(np.float64), (size, 1))
 
 
-def _decide(images, estimate, raw_bits, methods, schedule):
-  """Block by block, each image's cheapest method from its VAE estimate, its context cost (from
-  the counts the context images of the blocks before left) and raw bits. Returns (method, bits,
-  the context images' probabilities by block start, the bits the VAE saves over the others)."""
-  n = len(images)
-  method, bits = np.zeros(n, np.int64), np.zeros(n)
-  counts, coded, saving = context.Counts(), {}, 0.0
+def _context_costs(images, schedule):
+  """Each block's context-coder probabilities and every image's cost, from the counts of all the
+  images of the blocks before it."""
+  counts, ks, bits = context.Counts(), [], np.zeros(len(images))
   for start, size in schedule:
     x = images[start:start + size, ..., 0]
-    costs = np.full((3, size), np.inf)
-    costs[VAE], costs[RAW] = estimate[start:start + size], raw_bits
-    if CONTEXT in methods:
-      k, ctx = counts.code(x)
-      costs[CONTEXT] = context.bits(k, x.reshape(size, -1))
-    m = np.argmin(costs, axis=0)
-    method[start:start + size], bits[start:start + size] = m, costs[m, np.arange(size)]
-    vae = m == VAE
-    if vae.any():
-      saving += float(np.sum(np.min(costs[1:, vae], 0) - costs[VAE, vae]))
+    k, ctx = counts.code(x)
+    ks.append(k)
+    bits[start:start + size] = context.bits(k, x.reshape(size, -1))
+    counts.add(ctx, x)
+  return ks, bits
+
+
+class _Reject(Exception):
+  def __init__(self, indices):
+    super().__init__()
+    self.indices = indices
+
+
+def _push_context_section(coder, images, method, ks, schedule) -> None:
+  """Flags, then block by block raw and context images, pushed so that they pop in that order."""
+  for (start, size), k in zip(reversed(schedule), reversed(ks)):
+    m = method[start:start + size]
     take = m == CONTEXT
     if take.any():
-      counts.add(ctx[take], x[take])
-      coded[start] = (k[take], x[take].reshape(int(take.sum()), -1))
-  return method, bits, coded, saving
+      x = images[start:start + size][take].reshape(int(take.sum()), -1)
+      coder.encode_reverse(x.T.reshape(-1).astype(np.int32), _PIXEL,
+                           context.probabilities(k[take].T.reshape(-1)))
+    raw = images[start:start + size][m == RAW].reshape(-1)
+    if raw.size:
+      coder.encode_reverse(raw.astype(np.int32), _PIXEL, np.full(raw.size, 0.5))
+  for start, size in reversed(schedule):
+    coder.encode_reverse(method[start:start + size].astype(np.int32), _FLAG,
+                         _flag_rows(np.bincount(method[:start], minlength=3), size))
 
 
 def encode(tables: ModelTables | None, images: np.ndarray, settings: bitsback.Settings,
@@ -88,47 +99,51 @@ def encode(tables: ModelTables | None, images: np.ndarray, settings: bitsback.Se
   n, h, w = images.shape[:3]
   raw_bits = float(h * w) if RAW in methods else np.inf
   seed = bitsback.seed_words(settings.seed_words)
-  coder = constriction.stream.stack.AnsCoder(seed)
   use_vae = VAE in methods and tables is not None and images.shape[1:] == IMAGE_SHAPE
-  if not use_vae:
-    estimate = np.full(n, np.inf)
-  elif len(methods) == 1:
-    estimate = np.zeros(n)  # nothing to choose
-  else:
-    estimate = bitsback.estimate_bits(tables, images, settings)
   schedule = context.blocks(n)
-  method, bits, coded, saving = _decide(images, estimate, raw_bits, methods, schedule)
+  costs = np.full((3, n), np.inf)
+  costs[RAW] = raw_bits
+  ks = [None] * len(schedule)
+  if CONTEXT in methods:
+    ks, costs[CONTEXT] = _context_costs(images, schedule)
+  if use_vae:
+    costs[VAE] = (bitsback.estimate_bits(tables, images, settings) if len(methods) > 1
+                  else 0.0)
+  method = np.argmin(costs, axis=0)
+  vae = method == VAE
+  saving = float(np.sum(np.min(costs[1:, vae], 0) - costs[VAE, vae])) if vae.any() else 0.0
   if use_vae and len(methods) > 1 and saving < settings.samples * tables.latent_dim * \
       settings.precision.latent_bits:
-    # the chain's initial bits (about one image's latents popped from the seed: k * L * latent_bits)
-    # would cost more than the VAE saves here
-    method, bits, coded, _ = _decide(images, np.full(n, np.inf), raw_bits, methods, schedule)
+    # the chain's initial bits would cost more than the VAE saves here
+    costs[VAE] = np.inf
+    method = np.argmin(costs, axis=0)
   progress(int((method != VAE).sum()))
-  chosen = np.nonzero(method == VAE)[0]
+  strict = RAW in methods and len(methods) > 1
+
+  def accept(idx, b):
+    bad = ~((b <= raw_bits) & (b >= VAE_MIN_BITS))
+    if bad.any():
+      raise _Reject(idx[bad])
+    return np.ones(len(idx), bool)
+
+  while True:
+    coder = constriction.stream.stack.AnsCoder(seed)
+    _push_context_section(coder, images, method, ks, schedule)
+    ctx_words = coder.num_words() - len(seed)
+    chosen = np.nonzero(method == VAE)[0]
+    try:
+      if len(chosen):
+        coder, _, vae_bits, _ = bitsback.encode_chain(tables, images[chosen], settings, coder,
+                                                      accept if strict else None, progress)
+      break
+    except _Reject as rejected:
+      method[chosen[rejected.indices]] = RAW   # raw changes no other image's cost
+  bits = costs[method, np.arange(n)]
   if len(chosen):
-    # raw images leave the context counts alone, so moving an image there changes no other choice
-    accept = ((lambda _, b: (b <= raw_bits) & (b >= VAE_MIN_BITS))
-              if RAW in methods and len(methods) > 1 else None)
-    coder, kept, kept_bits, _ = bitsback.encode_chain(tables, images[chosen], settings, coder,
-                                                      accept, progress)
-    method[chosen], bits[chosen] = RAW, raw_bits
-    method[chosen[kept]], bits[chosen[kept]] = VAE, kept_bits
-    progress(len(chosen) - len(kept))
-  chain_words = coder.num_words()
-  for start, size in reversed(schedule):
-    if start in coded:
-      k, x = coded[start]
-      coder.encode_reverse(x.T.reshape(-1).astype(np.int32), _PIXEL,
-                           context.probabilities(k.T.reshape(-1)))
-    raw = images[start:start + size][method[start:start + size] == RAW].reshape(-1)
-    if raw.size:
-      coder.encode_reverse(raw.astype(np.int32), _PIXEL, np.full(raw.size, 0.5))
-  flag_counts = [np.bincount(method[:start], minlength=3) for start, _ in schedule]
-  for (start, size), before in zip(reversed(schedule), reversed(flag_counts)):
-    coder.encode_reverse(method[start:start + size].astype(np.int32), _FLAG,
-                         _flag_rows(before, size))
-    bits[start:start + size] += context.flag_bits(before)[method[start:start + size]]
-  ctx_words = coder.num_words() - chain_words
+    bits[chosen] = vae_bits
+  for start, size in schedule:
+    bits[start:start + size] += context.flag_bits(
+        np.bincount(method[:start], minlength=3))[method[start:start + size]]
   stack = coder.get_compressed()
   omitted = bitsback.split_seed(stack, seed)
   head = _HEAD.pack(omitted, *np.bincount(method, minlength=3).tolist(), ctx_words)
@@ -185,7 +200,11 @@ def decode(tables: ModelTables | None, layout: Layout, count: int, hw: tuple[int
   try:
     coder = constriction.stream.stack.AnsCoder(np.concatenate([seed[:layout.omitted],
                                                                layout.words]))
-    total = coder.num_words()
+    n_vae = layout.per_method[VAE]
+    chain = (bitsback.decode_chain(tables, coder, n_vae, settings, progress)[..., 0] if n_vae
+             else None)
+    if coder.num_words() != len(seed) + layout.ctx_words:
+      raise UserError("corrupt file: the bits-back chain does not end where the header says")
     schedule = context.blocks(count)
     method = np.zeros(count, np.int64)
     flag_counts = np.zeros(3, np.int64)
@@ -196,6 +215,8 @@ def decode(tables: ModelTables | None, layout: Layout, count: int, hw: tuple[int
     if tuple(flag_counts.tolist()) != layout.per_method:
       raise UserError("corrupt file: the method flags disagree with the header")
     images = np.zeros((count, h, w), np.uint8)
+    if n_vae:
+      images[method == VAE] = chain
     counts = context.Counts()
     for start, size in schedule:
       m = method[start:start + size]
@@ -206,12 +227,9 @@ def decode(tables: ModelTables | None, layout: Layout, count: int, hw: tuple[int
       ctx = start + np.nonzero(m == CONTEXT)[0]
       if len(ctx):
         images[ctx] = counts.decode(lambda p: coder.decode(_PIXEL, p), len(ctx), h, w)
+      block = images[start:start + size]
+      counts.add(context.contexts(block), block)
       progress(int(len(raw) + len(ctx)))
-    if coder.num_words() != total - layout.ctx_words:
-      raise UserError("corrupt file: the context section does not end where the header says")
-    vae = np.nonzero(method == VAE)[0]
-    if len(vae):
-      images[vae] = bitsback.decode_chain(tables, coder, len(vae), settings, progress)[..., 0]
     closed = np.array_equal(coder.get_compressed(), seed)
   except (ValueError, RuntimeError, OverflowError) as e:
     raise UserError(f"the compressed stream does not decode with this model ({e})") from None

