@@ -1,20 +1,24 @@
 """The model as the coder sees it: integer probability tables, computed in one fixed way.
 
 Exactness is the codec's contract: the decoder must compute the encoder's probabilities bit for
-bit. So every float the coder depends on comes out of one jitted XLA program per batch shape, run on
-the CPU in the model's own dtype, and is turned into integers inside that program:
+bit, on any machine. For the convolutional models (`integer.supports`) the tables come from the
+model's integer networks (`integer`): exact integer arithmetic and shipped lookup tables, so the
+same integers on every CPU, vector width, thread count, XLA version or accelerator; the model
+fingerprint covers the integer format and the tables' SHA-256. Other models fall back to their
+float network, run in one jitted XLA program per batch shape on the CPU and turned into integers
+inside it (exact on the machine and XLA build that wrote the file only). Either way:
 
 - latents live in 2^latent_bits buckets of equal mass under the N(0, 1) prior (BB-ANS); a latent is
   decoded at its bucket's centre (the prior's median inside the bucket);
 - q(z|x) gives each bucket floor(mass * (2^posterior_bits - K)) + 1 (K buckets, every one >= 1),
-  the mass from the Gaussian CDF at the bucket edges (the upper tail from the complementary CDF,
-  so neither tail loses precision);
+  the mass from the Gaussian CDF at the bucket edges;
 - p(x|z) gives each pixel P(x = 1) as an integer k / 2^pixel_bits with 1 <= k < 2^pixel_bits.
 
 Callers pad a batch to a fixed shape (both sides of the codec pad the same batch the same way) and
 give constriction only these integers (as exactly representable floats).
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -27,6 +31,7 @@ import numpy as np
 from flax import nnx
 from scipy.special import ndtri
 
+from vae_jax.codec import integer
 from vae_jax.errors import UserError
 
 # Config fields that change the function a model computes, with the values configs without the
@@ -41,9 +46,12 @@ def cpu_device():
 
 
 def fingerprint(model: nnx.Module, config) -> bytes:
-  """SHA-256 of the model-defining config fields and every parameter (path, dtype, shape, bytes)."""
+  """SHA-256 of the model-defining config fields, every parameter (path, dtype, shape, bytes) and,
+  for a model with integer networks, what else their integers depend on (`integer.identity`)."""
   settings = {k: getattr(config, k, default) for k, default in _MODEL_FIELDS.items()}
   h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode())
+  if integer.supports(model):
+    h.update(integer.identity())
   for path, leaf in sorted(nnx.to_flat_state(nnx.state(model, nnx.Param)),
                            key=lambda item: tuple(map(str, item[0]))):
     array = np.asarray(leaf[...])
@@ -119,22 +127,40 @@ class Precision:
 class ModelTables:
   """A model's integer tables for padded batches, each batch shape compiled once, on the CPU."""
 
-  def __init__(self, model: nnx.Module, precision: Precision = Precision()):
+  def __init__(self, model: nnx.Module, precision: Precision = Precision(),
+               portable: bool | None = None):
+    """portable: the integer networks (default where `integer.supports` the model) or the float
+    network (the only choice for other models)."""
     self.precision = precision
     self.latent_dim = int(model.latent_dim)
     self.stochastic = bool(getattr(model, "stochastic", True))
+    self.portable = integer.supports(model) if portable is None else portable
     graphdef, state = nnx.split(model)
-    self._state = jax.device_put(state, cpu_device())
     p = precision
-    self._fns = {
-        "posterior": jax.jit(functools.partial(_posterior_ints, graphdef, p.latent_bits,
-                                               p.posterior_bits)),
-        "pixels": jax.jit(functools.partial(_pixel_ints, graphdef, p.latent_bits, p.pixel_bits)),
-        "means": jax.jit(functools.partial(_means, graphdef)),
-        "mode_image": jax.jit(functools.partial(_mode_image, graphdef)),
-    }
-    self._compiled = {}
+    self._float = jax.device_put(state, cpu_device())
+    self._fns = {"means": (jax.jit(functools.partial(_means, graphdef)), self._float)}
     self.compile_seconds = 0.0
+    if self.portable:
+      start = time.perf_counter()
+      folded = integer.fold(model, p.latent_bits)
+      self.compile_seconds = time.perf_counter() - start  # mostly the calibration's compiles
+      with jax.enable_x64(True):
+        encoder = jax.device_put(folded.encoder, cpu_device())
+        decoder = jax.device_put(folded.decoder, cpu_device())
+      self._fns.update({
+          "posterior": (jax.jit(functools.partial(integer.posterior, latent_bits=p.latent_bits,
+                                                  posterior_bits=p.posterior_bits)), encoder),
+          "pixels": (jax.jit(functools.partial(integer.pixels, latent_bits=p.latent_bits,
+                                               pixel_bits=p.pixel_bits)), decoder),
+          "mode_image": (jax.jit(integer.mode_image), decoder)})
+    else:
+      self._fns.update({
+          "posterior": (jax.jit(functools.partial(_posterior_ints, graphdef, p.latent_bits,
+                                                  p.posterior_bits)), self._float),
+          "pixels": (jax.jit(functools.partial(_pixel_ints, graphdef, p.latent_bits,
+                                               p.pixel_bits)), self._float),
+          "mode_image": (jax.jit(functools.partial(_mode_image, graphdef)), self._float)})
+    self._compiled = {}
 
   def _run(self, name: str, batch: np.ndarray, shape: int):
     """fns[name] on `batch` padded with zeros to `shape` rows; the outputs' first len(batch) rows."""
@@ -144,13 +170,15 @@ class ModelTables:
     padded = np.zeros((shape,) + batch.shape[1:], batch.dtype)
     padded[:n] = batch
     key = (name, padded.shape, padded.dtype.str)
-    if key not in self._compiled:
-      start = time.perf_counter()
-      with jax.default_device(cpu_device()):
-        self._compiled[key] = self._fns[name].lower(self._state, padded).compile()
-      self.compile_seconds += time.perf_counter() - start
-    with jax.default_device(cpu_device()):
-      out = self._compiled[key](self._state, jax.device_put(padded, cpu_device()))
+    fn, state = self._fns[name]
+    exact = self.portable and name != "means"
+    with jax.default_device(cpu_device()), (jax.enable_x64(True) if exact
+                                           else contextlib.nullcontext()):
+      if key not in self._compiled:
+        start = time.perf_counter()
+        self._compiled[key] = fn.lower(state, padded).compile()
+        self.compile_seconds += time.perf_counter() - start
+      out = self._compiled[key](state, jax.device_put(padded, cpu_device()))
     return jax.tree.map(lambda a: np.asarray(a)[:n], out)
 
   def _require_stochastic(self):

@@ -1,0 +1,332 @@
+"""Integer networks for the codec's tables: the same integers on every machine.
+
+Ballé, Johnston & Minnen 2019 ("Integer networks for data compression"): a decoder can compute
+the encoder's probabilities bit for bit only if no float rounding enters them. Here every tensor
+of the folded network is an integer held in float64, and every operation on it is exact:
+
+- GEMMs and convolutions of integer weights (|w| <= 2^(WEIGHT_BITS - 1)) with integer activations
+  (0 <= a < 2^ACT_BITS): every product and partial sum is an integer below 2^53 (`fold` checks the
+  bound from the layer shapes), so the sum is exact in any order, vector width, FMA or fast-math
+  reassociation;
+- requantization multiplies by powers of two, then floor and clip;
+- probabilities come from integer lookup tables (sigmoid, Gaussian CDF, exp(-logvar / 2), the
+  latent buckets' edges and centres) computed once by `compute_tables` in arbitrary precision
+  (mpmath) and shipped as `integer_tables.npz`, checked against its SHA-256 on load.
+
+Folding is a pure function of the float parameters: each output channel's weights are scaled by
+the power of two that maps its largest |w| to 2^(WEIGHT_BITS - 1) and rounded (exact in float64);
+each layer's activation scale is the power of two that maps twice the largest activation seen on
+fixed calibration inputs to 2^ACT_BITS, measured with the integer network itself (exact), the
+calibration latents drawn by PCG64 integers and the calibration images the integer decoder's mode
+images at them. Supported: the tutorial's convolutional nets (`cvae`, `conv_ae`).
+"""
+
+import dataclasses
+import functools
+import hashlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax.errors import UserError
+from vae_jax.nn import kernels
+from vae_jax.nn.models import _ConvNets
+
+FORMAT = 1                 # bump on any change to the folding or the arithmetic below
+WEIGHT_BITS = 14           # signed weights, |w| <= 2^13
+ACT_BITS = 14              # hidden activations in [0, 2^14)
+MEAN_BITS = 16             # posterior means and bucket edges in units of 2^-16
+MEAN_MAX = 8               # |mean| clipped to 8 (every edge lies within +-3.4)
+LOGVAR_BITS = 8            # log-variances in units of 2^-8 ...
+LOGVAR_RANGE = (-16, 8)    # ... clipped to this range
+INV_STD_BITS = 20          # exp(-logvar / 2) in units of 2^-20
+U_BITS, U_MAX = 10, 6      # standardized edges (e - mean) / std in units of 2^-10, clipped to +-6
+CDF_BITS = 28              # Phi(u) in units of 2^-28
+LOGIT_BITS, LOGIT_MAX = 8, 18   # pixel logits in units of 2^-8, clipped to +-18
+SIGMOID_BITS = 24          # sigmoid(logit) in units of 2^-24
+Z_BITS, Z_MAX = 12, 16     # decoder inputs in units of 2^-12, clipped to +-16
+MAX_LATENT_BITS = 12
+CALIBRATION = 256          # latents (and images) the activation scales are measured on
+EXACT = 2.0 ** 53
+
+TABLES_PATH = pathlib.Path(__file__).with_name("integer_tables.npz")
+TABLES_SHA256 = "70f061c73d715fe774f598d63dc32e16ff2014e0f8b1c71375f4117a0ddbc50f"
+
+
+def compute_tables() -> dict[str, np.ndarray]:
+  """Every lookup table, each entry the exact value rounded to the nearest integer (mpmath, 40
+  digits: no platform's float functions are involved)."""
+  import mpmath  # only to (re)build the shipped file and in its test
+  mpmath.mp.dps = 40
+
+  def ints(values):
+    return np.array([int(mpmath.nint(v)) for v in values], np.int64)
+
+  u = [mpmath.mpf(i) / (1 << U_BITS) for i in range(-U_MAX << U_BITS, (U_MAX << U_BITS) + 1)]
+  logit = [mpmath.mpf(i) / (1 << LOGIT_BITS)
+           for i in range(-LOGIT_MAX << LOGIT_BITS, (LOGIT_MAX << LOGIT_BITS) + 1)]
+  lo, hi = LOGVAR_RANGE
+  logvar = [mpmath.mpf(i) / (1 << LOGVAR_BITS) for i in range(lo << LOGVAR_BITS,
+                                                              (hi << LOGVAR_BITS) + 1)]
+  out = {
+      "phi": ints(mpmath.ncdf(v) * (1 << CDF_BITS) for v in u),
+      "sigmoid": ints((1 << SIGMOID_BITS) / (1 + mpmath.exp(-v)) for v in logit),
+      "inv_std": ints(mpmath.exp(-v / 2) * (1 << INV_STD_BITS) for v in logvar),
+  }
+  for bits in range(1, MAX_LATENT_BITS + 1):
+    k = 1 << bits
+    quantile = lambda p: mpmath.sqrt(2) * mpmath.erfinv(2 * p - 1)
+    out[f"edges_{bits}"] = ints(quantile(mpmath.mpf(i) / k) * (1 << MEAN_BITS)
+                                for i in range(1, k))
+    out[f"centres_{bits}"] = ints(quantile((mpmath.mpf(i) + 0.5) / k) * (1 << Z_BITS)
+                                  for i in range(k))
+  return out
+
+
+@functools.cache
+def tables() -> dict[str, np.ndarray]:
+  """The shipped lookup tables, refused (one line) unless their bytes hash to TABLES_SHA256."""
+  try:
+    raw = TABLES_PATH.read_bytes()
+  except OSError as e:
+    raise UserError(f"the codec's integer tables cannot be read ({e})") from None
+  if hashlib.sha256(raw).hexdigest() != TABLES_SHA256:
+    raise UserError(f"{TABLES_PATH} is damaged (its SHA-256 is not this codec's)")
+  with np.load(TABLES_PATH) as data:
+    return {name: data[name] for name in data.files}
+
+
+def identity() -> bytes:
+  """What a decoder must share with the encoder besides the float parameters: the format, the
+  arithmetic's constants and the tables (hashed into the model fingerprint)."""
+  constants = (FORMAT, WEIGHT_BITS, ACT_BITS, MEAN_BITS, MEAN_MAX, LOGVAR_BITS, LOGVAR_RANGE,
+               INV_STD_BITS, U_BITS, U_MAX, CDF_BITS, LOGIT_BITS, LOGIT_MAX, SIGMOID_BITS,
+               Z_BITS, Z_MAX, CALIBRATION)
+  tables()
+  return f"integer-net {constants} tables {TABLES_SHA256}".encode()
+
+
+def supports(model) -> bool:
+  return isinstance(model, _ConvNets)
+
+
+def _pow2(e):
+  """2.0 ** e for integer arrays e, exactly."""
+  return np.ldexp(np.ones(np.shape(e)), np.asarray(e, np.int64))
+
+
+def _weights(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(integer kernel, per-output-channel exponents e): w * 2^e rounded, max |w * 2^e| <= 2^13."""
+  w = np.asarray(kernel, np.float64)
+  peak = np.abs(w.reshape(-1, w.shape[-1])).max(0)
+  e = (WEIGHT_BITS - 1) - np.frexp(peak)[1]
+  return np.rint(w * _pow2(e)), e
+
+
+def _scale(peak: float) -> int:
+  """The activation exponent s mapping 2 * peak below 2^ACT_BITS (peak * 2^s < 2^(ACT_BITS-1))."""
+  return (ACT_BITS - 1) - int(np.frexp(max(peak, 2.0 ** -40))[1])
+
+
+# The layers of _ConvNets in order: (name, operation, output kind).
+_ENCODER = (("enc_conv1", "conv", "hidden"), ("enc_conv2", "conv", "hidden"),
+            ("enc_dense", "dense", "code"))
+_DECODER = (("dec_dense", "dense", "hidden"), ("dec_deconv1", "deconv2", "hidden"),
+            ("dec_deconv2", "deconv2", "hidden"), ("dec_deconv3", "deconv1", "logit"))
+
+
+def _apply(op: str, a, kernel, bias):
+  """One layer's integer accumulator, through the same GEMM kernels the float model runs."""
+  if op == "conv":
+    return kernels.patch_conv(a, kernel, bias, 2, relu=False)
+  if op == "dense":
+    y = a.reshape(a.shape[0], -1) @ kernel
+    return y + _channels(bias, y)
+  if op == "deconv2":
+    return kernels.phase_conv_transpose(a, kernel, bias, relu=False)
+  return kernels.tap_matmul_conv_transpose(a, kernel, bias)
+
+
+def _channels(v, like):
+  """Per-channel v (C,) shaped to broadcast against `like` (..., C) without rank promotion."""
+  return v.reshape((1,) * (like.ndim - 1) + (-1,))
+
+
+def _forward(layers, names, a):
+  """(last accumulator, each hidden layer's largest real-valued pre-activation)."""
+  peaks = []
+  for (name, op, kind), layer in zip(names, layers):
+    acc = _apply(op, a, layer["kernel"], layer["bias"])
+    if kind != "hidden":
+      return acc, peaks
+    peaks.append(jnp.max(acc * _channels(layer["dequant"], acc)))
+    a = jnp.clip(jnp.floor(acc * _channels(layer["multiplier"], acc) + 0.5), 0,
+                 (1 << ACT_BITS) - 1)
+    if name == "dec_dense":
+      a = a.reshape(a.shape[0], 7, 7, 32)
+  raise AssertionError("no output layer")
+
+
+def _code(encoder, x_u8):
+  """The encoder's last layer requantized: (mean in units of 2^-MEAN_BITS, log-variance in units
+  of 2^-LOGVAR_BITS) side by side, or a deterministic model's code in units of 2^-Z_BITS."""
+  acc, _ = _forward(encoder["layers"], _ENCODER, x_u8.astype(jnp.float64))
+  return jnp.clip(jnp.floor(acc * _channels(encoder["code_multiplier"], acc) + 0.5),
+                  _channels(encoder["code_lo"], acc), _channels(encoder["code_hi"], acc))
+
+
+def _decoder_acc(decoder, z_q):
+  acc, _ = _forward(decoder["layers"], _DECODER, z_q)
+  return acc.reshape(acc.shape[0], -1)
+
+
+def posterior(encoder, x_u8, latent_bits: int, posterior_bits: int):
+  """(B, L, K) int32 q(z|x) bucket weights floor(mass * (2^posterior_bits - K)) + 1, each mass
+  the difference of the Phi table at the bucket's standardized edges."""
+  t = tables()
+  code = _code(encoder, x_u8)
+  latent = code.shape[-1] // 2
+  mean_q = code[:, :latent]
+  logvar_i = (code[:, latent:] - (LOGVAR_RANGE[0] << LOGVAR_BITS)).astype(jnp.int32)
+  edges = jnp.asarray(t[f"edges_{latent_bits}"], jnp.float64)
+  inv_std = jnp.asarray(t["inv_std"], jnp.float64)[logvar_i]
+  u = (edges[None, None, :] - mean_q[..., None]) * inv_std[..., None]
+  u = jnp.floor(u * 2.0 ** (U_BITS - MEAN_BITS - INV_STD_BITS) + 0.5)
+  u = jnp.clip(u, -U_MAX << U_BITS, U_MAX << U_BITS).astype(jnp.int32) + (U_MAX << U_BITS)
+  cdf = jnp.asarray(t["phi"], jnp.float64)[u]
+  zeros = jnp.zeros(cdf.shape[:-1] + (1,), cdf.dtype)
+  cdf = jnp.concatenate([zeros, cdf, zeros + (1 << CDF_BITS)], -1)
+  mass = cdf[..., 1:] - cdf[..., :-1]
+  scale = float((1 << posterior_bits) - (1 << latent_bits)) * 2.0 ** -CDF_BITS
+  return (jnp.floor(mass * scale) + 1).astype(jnp.int32)
+
+
+def pixels(decoder, z_index, latent_bits: int, pixel_bits: int):
+  """(B, pixels) int32 P(x = 1 | bucket centres) in units of 2^-pixel_bits, from the sigmoid
+  table at the logits in units of 2^-LOGIT_BITS."""
+  t = tables()
+  z_q = jnp.asarray(t[f"centres_{latent_bits}"], jnp.float64)[z_index]
+  acc = _decoder_acc(decoder, z_q)
+  logit = jnp.floor(acc * _channels(decoder["logit_multiplier"], acc) + 0.5)
+  logit = jnp.clip(logit, -LOGIT_MAX << LOGIT_BITS, LOGIT_MAX << LOGIT_BITS).astype(jnp.int32)
+  p = jnp.asarray(t["sigmoid"], jnp.float64)[logit + (LOGIT_MAX << LOGIT_BITS)]
+  p = jnp.floor(p * 2.0 ** (pixel_bits - SIGMOID_BITS) + 0.5)
+  return jnp.clip(p, 1, (1 << pixel_bits) - 1).astype(jnp.int32)
+
+
+def quantize_latents(z):
+  """Float latents as decoder inputs: round(z * 2^Z_BITS), clipped to +-Z_MAX."""
+  z_q = jnp.floor(z.astype(jnp.float64) * float(1 << Z_BITS) + 0.5)
+  return jnp.clip(z_q, -Z_MAX << Z_BITS, Z_MAX << Z_BITS)
+
+
+def mode_image(decoder, z):
+  """The decoder's most probable image (B, pixels) uint8 at float latents z (the integer logit's
+  sign), and the logits as float32."""
+  acc = _decoder_acc(decoder, quantize_latents(z))
+  logits = acc * _channels(decoder["logit_dequant"], acc)
+  return (acc > 0).astype(jnp.uint8), logits.astype(jnp.float32)
+
+
+# u's largest partial product, |edge - mean| * max exp(-logvar / 2), and the posterior weights'
+# mass * (2^24 - K) stay integers below 2^53.
+assert (4 + MEAN_MAX) * 2.0 ** MEAN_BITS * np.exp(-LOGVAR_RANGE[0] / 2) * 2 ** INV_STD_BITS < EXACT
+assert 2.0 ** (CDF_BITS + 24) < EXACT
+
+
+@dataclasses.dataclass
+class Folded:
+  """A model's integer encoder and decoder: pytrees of float64 integers and powers of two."""
+  encoder: dict
+  decoder: dict
+
+
+def _layer_params(model, name):
+  layer = getattr(model, name)
+  kernel = np.asarray(layer.kernel[...], np.float32)
+  bias = (np.zeros(kernel.shape[-1], np.float32) if layer.bias is None
+          else np.asarray(layer.bias[...], np.float32))
+  return kernel, bias
+
+
+def _check_exact(name, kernel_q, bias_q, input_peak):
+  """Every partial sum of the layer an integer below 2^53: fan-in * max|w| * max|a| + max|b|."""
+  fan_in = int(np.prod(kernel_q.shape[:-1]))
+  bound = fan_in * float(np.abs(kernel_q).max()) * input_peak + float(np.abs(bias_q).max())
+  if not bound < EXACT:
+    raise AssertionError(f"{name}: partial sums up to {bound:.3g} exceed 2^53")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _peaks(names, layers, a):
+  return _forward(layers, names, a)[1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _last(names, layers, a):
+  return _forward(layers, names, a)[0]
+
+
+def _fold(model, names, s_in: int, input_peak: float, calibration: np.ndarray):
+  """(integer layers, the last accumulator's per-channel exponent) for inputs in units of 2^-s_in
+  up to input_peak: weights folded, each hidden layer's activation scale measured on
+  `calibration` with the layers before it."""
+  params = [_layer_params(model, name) for name, _, _ in names]
+  quantized = [_weights(kernel) for kernel, _ in params]
+  layers = []
+  for i, ((name, _, kind), (_, bias), (kernel_q, e)) in enumerate(zip(names, params, quantized)):
+    bias_q = np.rint(bias.astype(np.float64) * _pow2(e + s_in))
+    _check_exact(name, kernel_q, bias_q, input_peak)
+    layer = {"kernel": kernel_q, "bias": bias_q, "dequant": _pow2(-(e + s_in)),
+             "multiplier": np.ones_like(bias_q)}
+    layers.append(layer)
+    if kind != "hidden":
+      return layers, e + s_in
+    # the layers after this one only fill the pytree (their outputs are not read)
+    rest = [{"kernel": k, "bias": np.zeros(k.shape[-1]), "dequant": np.ones(k.shape[-1]),
+             "multiplier": np.ones(k.shape[-1])} for k, _ in quantized[i + 1:]]
+    with jax.enable_x64(True):
+      peak = float(_peaks(names, _device(layers + rest), jnp.asarray(calibration))[i])
+    s_out = _scale(peak)
+    layer["multiplier"] = _pow2(s_out - e - s_in)
+    s_in, input_peak = s_out, float((1 << ACT_BITS) - 1)
+  raise AssertionError("no output layer")
+
+
+def _device(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def fold(model, latent_bits: int) -> Folded:
+  """The model's integer nets: a pure function of its float parameters and latent_bits."""
+  if not supports(model):
+    raise UserError(f"no integer network for {type(model).__name__}")
+  t = tables()
+  latent = int(model.latent_dim)
+  rng = np.random.Generator(np.random.PCG64(FORMAT))
+  z_q = t[f"centres_{latent_bits}"][rng.integers(0, 1 << latent_bits, (CALIBRATION, latent))]
+  z_q = z_q.astype(np.float64)
+  layers, e_logit = _fold(model, _DECODER, Z_BITS, float(Z_MAX << Z_BITS), z_q)
+  decoder = {"layers": layers, "logit_multiplier": _pow2(LOGIT_BITS - e_logit),
+             "logit_dequant": _pow2(-e_logit)}
+  with jax.enable_x64(True):
+    logits = np.asarray(_last(_DECODER, _device(layers), jnp.asarray(z_q)))
+  images = (logits > 0).reshape(CALIBRATION, 28, 28, 1).astype(np.float64)
+  layers, e_code = _fold(model, _ENCODER, 0, 1.0, images)
+  if bool(getattr(model, "stochastic", True)):
+    exponents = np.repeat([MEAN_BITS, LOGVAR_BITS], latent)
+    lo = np.repeat([-MEAN_MAX << MEAN_BITS, LOGVAR_RANGE[0] << LOGVAR_BITS], latent)
+    hi = np.repeat([MEAN_MAX << MEAN_BITS, LOGVAR_RANGE[1] << LOGVAR_BITS], latent)
+  else:
+    exponents = np.full(latent, Z_BITS)
+    lo, hi = np.full(latent, -Z_MAX << Z_BITS), np.full(latent, Z_MAX << Z_BITS)
+  encoder = {"layers": layers, "code_multiplier": _pow2(exponents - e_code),
+             "code_lo": lo.astype(np.float64), "code_hi": hi.astype(np.float64)}
+  return Folded(encoder, decoder)
+
+
+if __name__ == "__main__":
+  np.savez_compressed(TABLES_PATH, **compute_tables())
+  print(TABLES_PATH, hashlib.sha256(TABLES_PATH.read_bytes()).hexdigest())
