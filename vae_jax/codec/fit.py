@@ -27,10 +27,12 @@ HELD_OUT = 10  # 1/HELD_OUT of a user's image set is held out for the reported r
 
 
 def coding_config(data_spec: str, **overrides) -> Config:
-  """The tutorial's model and optimizer; the closed-form KL (the same objective as the seed's,
-  a lower-variance gradient); threshold binarization, which is what the codec codes."""
-  return dataclasses.replace(Config(data=data_spec, kl="analytic", binarize="threshold"),
-                             **overrides)
+  """The tutorial's model and optimizer; for the ELBO the closed-form KL (the same objective as
+  the seed's, a lower-variance gradient); threshold binarization, which is what the codec codes."""
+  config = dataclasses.replace(Config(data=data_spec, binarize="threshold"), **overrides)
+  if config.objective == "elbo" and "kl" not in overrides:
+    config = dataclasses.replace(config, kl="analytic")
+  return config
 
 
 def _dataset_spec(spec: str, directory: str, resume: bool) -> str:
