@@ -10,6 +10,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from vae_jax.codec import bitsback, choice, container, context, lossy
+from vae_jax import interrupts
 from vae_jax.codec.tables import ModelTables, Precision, fingerprint
 from vae_jax.errors import UserError
 from vae_jax.nn.models import IMAGE_SHAPE
@@ -42,6 +43,15 @@ class Report:
 
 def _progress(total: int, show: bool, desc: str):
   return tqdm(total=total, unit="img", desc=desc, disable=not show, leave=False, file=sys.stderr)
+
+
+def _stopping(bar):
+  """bar.update, then a stop on a signal: between batches, before anything is written."""
+  def update(count: int) -> None:
+    bar.update(count)
+    interrupts.stop(lambda: f"interrupted after {bar.n} of {bar.total} images: nothing was "
+                            "written; the same command again starts over")
+  return update
 
 
 def check_lossless(box: container.Container, name: str):
@@ -115,7 +125,7 @@ class Codec:
                                              10 * settings.max_batch * settings.ramp)
     start = time.perf_counter()
     with _progress(len(images), show_progress, "encode") as bar:
-      result = choice.encode(tables, images, settings, frozenset(methods), bar.update)
+      result = choice.encode(tables, images, settings, frozenset(methods), _stopping(bar))
     raw = self._container(container.LOSSLESS, images, settings.pack(), result.payload)
     seconds = time.perf_counter() - start
     per_method = np.bincount(result.method, minlength=3)
@@ -137,7 +147,7 @@ class Codec:
       compile_seconds = self._warm_lossless(tables, settings, layout.per_method[context.VAE])
     start = time.perf_counter()
     with _progress(box.count, show_progress, "decode") as bar:
-      images, _ = choice.decode(tables, layout, box.count, hw, settings, bar.update)
+      images, _ = choice.decode(tables, layout, box.count, hw, settings, _stopping(bar))
     return images, compile_seconds, time.perf_counter() - start
 
   # ------------------------------------------------------------ lossy

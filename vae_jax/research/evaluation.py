@@ -4,7 +4,9 @@ The newest checkpoint of the run is evaluated on the first `test_size` images of
 binarized as the run was trained. The report goes to `evaluation.json`; an earlier report is never
 overwritten silently: a report with other settings (k, test size, seed, data, binarization,
 checkpoint epoch) goes to `evaluation_k{K}_n{N}_s{S}.json` instead, and a report whose file
-already exists is refused unless `force` is set.
+already exists is refused unless `force` is set. An evaluation stopped by a signal keeps its
+images' terms in `evaluation_k{K}_n{N}_s{S}.partial.npz`; the same settings again continue from
+them (every image's samples depend only on the seed and its index, so the numbers are the same).
 """
 
 import dataclasses
@@ -21,6 +23,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from vae_jax import data as data_lib
+from vae_jax import interrupts
 from vae_jax.research import likelihood
 from vae_jax.training import run
 from vae_jax.errors import UserError
@@ -84,8 +87,35 @@ def _write(path: str, report: dict, force: bool) -> None:
     raise UserError(f"{path} appeared during the evaluation; pass --force to replace it") from None
 
 
-def _per_image_terms(model, x_u8: np.ndarray, settings: Settings, batch: int, stochastic: bool):
-  """Every image's terms (see likelihood.evaluate_batch), with a progress bar; and the timing."""
+def partial_path(workdir: str, identity: dict) -> str:
+  return os.path.join(workdir, "evaluation_k{iw_samples}_n{test_size}_s{seed}.partial.npz".format(
+      **identity))
+
+
+def _load_partial(path: str, meta: dict) -> dict:
+  """The terms an interrupted evaluation with the same settings kept ({} if none, or others)."""
+  try:
+    with np.load(path) as f:
+      if json.loads(str(f["meta"])) != meta:
+        return {}
+      return {name: f[name] for name in f.files if name != "meta"}
+  except (OSError, ValueError, KeyError):
+    return {}
+
+
+def _save_partial(path: str, meta: dict, terms: dict) -> None:
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, meta=json.dumps(meta), **terms)
+  os.replace(tmp, path)
+
+
+def _per_image_terms(model, x_u8: np.ndarray, settings: Settings, batch: int, stochastic: bool,
+                     partial: str, meta: dict):
+  """Every image's terms (see likelihood.evaluate_batch), with a progress bar; and the timing.
+
+  Those of `partial` (an interrupted evaluation's, same `meta`) are reused; on a signal, the
+  terms so far are written to `partial` and `Interrupted` is raised.
+  """
   graphdef, state = nnx.split(model)
   key = jax.random.key(settings.seed)
   n = len(x_u8)
@@ -98,7 +128,10 @@ def _per_image_terms(model, x_u8: np.ndarray, settings: Settings, batch: int, st
   start_compile = time.perf_counter()
   compiled = likelihood.evaluate_batch.lower(graphdef, state, *inputs(0), key, **statics).compile()
   compile_seconds = time.perf_counter() - start_compile
-  parts, pending = [], []
+  kept = _load_partial(partial, meta)
+  parts = [kept] if kept else []
+  done = len(kept["rec"]) if kept else 0
+  pending = []
 
   def consume(bar):
     start, out = pending.pop(0)
@@ -108,8 +141,11 @@ def _per_image_terms(model, x_u8: np.ndarray, settings: Settings, batch: int, st
     bar.update(size)
 
   start_time = time.perf_counter()
-  with tqdm(total=n, unit="image", desc="evaluate", file=sys.stderr, dynamic_ncols=True) as bar:
-    for start in range(0, n, batch):
+  with tqdm(total=n, initial=done, unit="image", desc="evaluate", file=sys.stderr,
+            dynamic_ncols=True) as bar:
+    for start in range(done, n, batch):
+      if interrupts.requested():
+        break
       pending.append((start, compiled(state, *inputs(start), key)))
       if len(pending) > 1:  # read one call behind, so the device does not wait for the host
         consume(bar)
@@ -117,7 +153,11 @@ def _per_image_terms(model, x_u8: np.ndarray, settings: Settings, batch: int, st
       consume(bar)
   seconds = time.perf_counter() - start_time
   terms = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-  return terms, compile_seconds, seconds
+  if len(terms["rec"]) < n:  # stopped by a signal
+    _save_partial(partial, meta, terms)
+    interrupts.stop(f"interrupted after {len(terms['rec'])} of {n} test images: they are kept "
+                    f"in {partial}; the same command again continues from there")
+  return terms, compile_seconds, seconds, done
 
 
 def _check_finite(terms: dict) -> None:
@@ -148,13 +188,20 @@ def evaluate_run(workdir: str, settings: Settings, force: bool = False) -> tuple
               "data": spec, "binarize": method, "checkpoint_epoch": epoch}
   path = report_path(workdir, identity, force)
   stochastic = likelihood.is_stochastic(model, test_x[:1].astype(np.float32))
-  terms, compile_seconds, seconds = _per_image_terms(model, test_x, settings, batch, stochastic)
+  partial = partial_path(workdir, identity)
+  meta = {**identity, "stochastic": stochastic, "chunk": settings.chunk, "batch": batch}
+  terms, compile_seconds, seconds, resumed = _per_image_terms(model, test_x, settings, batch,
+                                                              stochastic, partial, meta)
   _check_finite(terms)
   pixels = math.prod(test_x.shape[1:])
   results = likelihood.summarize(terms, pixels, settings.iw_samples)
-  timing = {"compile_seconds": compile_seconds, "seconds": seconds, "images_per_sec": n / seconds}
+  computed = n - resumed  # the images of this process (the others: an interrupted one's)
+  timing = {"compile_seconds": compile_seconds, "seconds": seconds,
+            "images_per_sec": computed / seconds}
+  if resumed:
+    timing["resumed_images"] = resumed
   if stochastic:
-    timing["latent_samples_per_sec"] = n * settings.iw_samples / seconds
+    timing["latent_samples_per_sec"] = computed * settings.iw_samples / seconds
   device = jax.devices()[0]
   report = {
       "settings": {**identity, "model": config.model,
@@ -166,6 +213,8 @@ def evaluate_run(workdir: str, settings: Settings, force: bool = False) -> tuple
                    "device": getattr(device, "device_kind", str(device))},
   }
   _write(path, report, force)
+  if os.path.exists(partial):
+    os.remove(partial)
   return path, report
 
 

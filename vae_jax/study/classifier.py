@@ -25,6 +25,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from vae_jax import data as data_lib
+from vae_jax import interrupts
 from vae_jax.batched import map_batches
 from vae_jax.errors import UserError
 from vae_jax.nn.kernels import patch_conv
@@ -163,6 +164,8 @@ def train(train_x_u8, train_y, config: ClassifierConfig = ClassifierConfig()) ->
   bar = tqdm(total=config.epochs * steps, desc="classifier", unit="batch", leave=False,
              mininterval=2.0)
   for epoch in range(config.epochs):
+    interrupts.stop("interrupted while training the sample-quality classifier: it is trained "
+                    "anew by the same command again")
     order = data_lib.epoch_order(config.seed, epoch, n)[:steps * batch]
     shifted = random_shifts(train_x_u8[order], config.max_shift,
                             np.random.default_rng([config.seed, epoch, 1]))

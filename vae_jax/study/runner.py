@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from vae_jax import interrupts
 from vae_jax.study import classifier as classifier_lib
 from vae_jax import data as data_lib
 from vae_jax.study import latent, sample_quality, pictures as study_pictures
@@ -420,13 +421,20 @@ def run_study(study: StudyConfig, out: str) -> dict:
   for spec in bar:
     bar.set_postfix_str(spec.name)
     workdir = os.path.join(out, "runs", spec.name)
-    outcome = ensure_run(run_config(study, spec), workdir)
+    try:
+      outcome = ensure_run(run_config(study, spec), workdir)
+    except interrupts.Interrupted as e:
+      raise interrupts.Interrupted(e.signum, e.epoch, (
+          f"interrupted in run {spec.name} at epoch {e.epoch}: its complete epochs and every "
+          "complete run are kept; the same command again continues")) from None
     runs[spec.name] = {**spec._asdict(), "outcome": outcome, **run_timing(workdir)}
   bar.close()
 
   models = {}
 
-  def model_of(name):
+  def model_of(name):  # called before each measurement: a safe point
+    interrupts.stop("interrupted while measuring: every run is kept; the same command again "
+                    "measures them without training")
     if name not in models:
       models[name] = Jitted(run.restore_model(os.path.join(out, "runs", name))[2])
     return models[name]
