@@ -2,9 +2,10 @@
 
   python -m benchmarks.compare --data idx:../shared/data/mnist --epochs 10 --seeds 3 --out benchmarks/results/NAME
 
-The peers: the TensorFlow tutorial (tf: benchmarks.tf_reference) and the tutorial's Keras model, loss
-and Adam on Keras 3 with the JAX backend (keras_jax: benchmarks.keras_reference). --frameworks picks
-them (default: all three); a peer whose package is not installed is skipped, and the report says why.
+The peers (benchmarks/peers/): the TensorFlow tutorial (tf: benchmarks.peers.tf_reference) and the
+tutorial's Keras model, loss and Adam on Keras 3 with the JAX backend (keras_jax:
+benchmarks.peers.keras_reference). --frameworks picks them (default: all three); a peer whose
+package is not installed is skipped, and the report says why.
 Runs one process at a time (concurrent runs would share the cores): for each seed, the JAX main job
 (experiments.mnist_vae) and each peer, on the same arrays in the same batch order; then
 benchmarks.throughput for every framework in rounds, the order rotating from round to round. Writes
@@ -25,7 +26,7 @@ import time
 
 from benchmarks import report as report_lib
 from vae_jax import data as data_lib
-from vae_jax.training import hugepages
+from vae_jax import cli
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 from vae_jax.machine import cpu_name
@@ -48,18 +49,10 @@ def missing(name: str) -> str | None:
   return None
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-  """Bad flags: one `error:` line and exit 2 (--help still shows the usage)."""
-
-  def error(self, message):
-    print(f"error: {message}", file=sys.stderr)  # one line; --help has the usage
-    sys.exit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   d = get_config()
-  p = OneLineErrorParser(prog="python -m benchmarks.compare", description=__doc__,
-              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data", default=d.data, help="tfds:NAME | idx:DIR | mnist-5k | auto")
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--train-size", type=int, default=d.train_size,
@@ -167,7 +160,8 @@ def main(argv=None) -> int:
   precision = {"jax": args.jax_dtype, "tf": args.tf_precision, "keras_jax": args.keras_precision}
   precision_flags = {"jax": ["--dtype", args.jax_dtype], "tf": ["--precision", args.tf_precision],
                      "keras_jax": ["--precision", args.keras_precision]}
-  modules = {"tf": "benchmarks.tf_reference", "keras_jax": "benchmarks.keras_reference"}
+  modules = {"tf": "benchmarks.peers.tf_reference",
+             "keras_jax": "benchmarks.peers.keras_reference"}
   rows, throughput, runs = {n: [] for n in names}, {n: [] for n in names}, []
   for name, why in args.skipped.items():
     print(f"[{name}] skipped: {why}", flush=True)
@@ -222,5 +216,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from vae_jax.training import hugepages
+from vae_jax import cli
 from vae_jax.machine import cpu_name
 
 LATENT_DIM = 50  # the seed's
@@ -86,8 +86,8 @@ def measure(chunk: int, images: int, reps: int, conv_transpose: str, dtype: str)
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.decoder_throughput", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.decoder_throughput", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--chunks", type=int, nargs="+", default=[500, 1000],
                  help="latent samples per decoder call")
   p.add_argument("--images", type=int, default=1, help="images per log_weights call")
@@ -123,5 +123,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

@@ -10,11 +10,11 @@ tensor-core peaks.
 
 import argparse
 import json
-import sys
 
 import jax
 
 from benchmarks import throughput
+from vae_jax import cli
 
 # Dense peak TFLOP/s by device kind (NVIDIA datasheets: H100 SXM / H200: 67 FP32, 495 TF32, 989 BF16).
 PEAKS_TFLOPS = {"H100": {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0},
@@ -78,8 +78,8 @@ def run(steps: int, max_batch: int, out) -> None:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_sweep", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.gpu_sweep", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--steps", type=int, default=2000, help="steps timed at batch 100 (fewer at larger)")
   p.add_argument("--max-batch", type=int, default=10**9, help="skip larger batch sizes")
   p.add_argument("--out", required=True, help="JSON lines, one per configuration")
@@ -90,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from benchmarks import throughput
+from vae_jax import cli
 
 BATCH = 100
 # name: (kind, input height, input channels, output channels, stride, relu)
@@ -109,8 +110,8 @@ def tf_layers() -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--framework", choices=("jax", "tf"), required=True)
   p.add_argument("--out", help="write the result as JSON here too (a new file)")
   args = p.parse_args(argv)
@@ -124,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

@@ -215,7 +215,7 @@ def markdown(report: dict) -> str:
                   "eager compute_loss.")
   if "keras_jax" in names:
     lines[-1] += (" Keras on JAX runs the tutorial's model, loss and Adam unchanged "
-                  "(benchmarks.keras_reference) as jitted lax.scan chunks of "
+                  "(benchmarks.peers.keras_reference) as jitted lax.scan chunks of "
                   f"{r['keras_jax']['steps_per_call']} steps of Keras' stateless_call and "
                   "stateless_apply, compiled ahead of time; its evaluation is the jitted stateless "
                   "loss per batch.")

@@ -17,14 +17,15 @@ import os
 import shlex
 import sys
 
-from benchmarks.compare import OneLineErrorParser, RunFailed, machine, run, versions
+from benchmarks.compare import RunFailed, machine, run, versions
+from vae_jax import cli
 from vae_jax.config import get_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   d = get_config()
-  p = OneLineErrorParser(prog="python -m benchmarks.scaling", description=__doc__,
-              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4], help="device counts")
   p.add_argument("--strategies", nargs="+", choices=("sharded", "pmap"),
                  default=["sharded", "pmap"])
@@ -133,4 +134,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

@@ -25,11 +25,11 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 
 from benchmarks import throughput
+from vae_jax import cli
 
 LAYER_RE = re.compile(r"((?:GemmConvTranspose|GemmConv|Linear)_\d+_\d+)")
 INSTR_RE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? (\w[\w\-]*)\((.*)$")
@@ -215,8 +215,8 @@ def profile(chunks: int, dtype: str) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--chunks", type=int, default=20, help="training chunks (10 steps each) traced")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--out", help="write the result as JSON here too (a new file)")
@@ -243,4 +243,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

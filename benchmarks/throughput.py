@@ -7,7 +7,7 @@ JAX: the ahead-of-time compile of their jitted functions; TF: the first tf.funct
 optimizes and runs one step). One untimed warm-up call follows. Then --steps training steps run
 twice: synced once at the end, for images_per_sec; synced after every call, for the per-step median
 and p90. JAX runs the main job's compiled lax.scan chunks, so its per-step time is a chunk's wall time
-over its length; keras_jax runs benchmarks.keras_reference's jitted lax.scan of Keras' stateless steps
+over its length; keras_jax runs benchmarks.peers.keras_reference's jitted lax.scan of Keras' stateless steps
 over chunks as long as the main job's (or, with --keras-form fit, Keras' own fit); TF runs the
 tutorial's tf.function train_step once per batch. Evaluation is the forward loss only: JAX's compiled
 evaluate, Keras' jitted stateless call per batch, TF's eager compute_loss as in the tutorial. Peak
@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vae_jax import data as data_lib
-from vae_jax.training import hugepages
+from vae_jax import cli
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
 
@@ -109,9 +109,9 @@ def jax_bench(batch_size: int, latent_dim: int, seed: int, **overrides) -> Bench
 
 
 def tf_bench(batch_size: int, latent_dim: int, seed: int, precision: str = "float32") -> Bench:
-  """The tutorial's train_step and compute_loss (benchmarks.tf_reference)."""
+  """The tutorial's train_step and compute_loss (benchmarks.peers.tf_reference)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from benchmarks import tf_reference as tfr  # pylint: disable=import-outside-toplevel
+  from benchmarks.peers import tf_reference as tfr  # pylint: disable=import-outside-toplevel
   tf.keras.utils.set_random_seed(seed)
   model, optimizer = tfr.make_model_and_optimizer(latent_dim, get_config().learning_rate, precision)
   # tf.identity runs on the default device (the GPU when there is one), so the batches live there.
@@ -135,7 +135,7 @@ def tf_bench(batch_size: int, latent_dim: int, seed: int, precision: str = "floa
 
 def keras_bench(batch_size: int, latent_dim: int, seed: int, precision: str = "float32",
                 form: str = "scan", steps_per_chunk: int = 0) -> Bench:
-  """The tutorial's model, loss and Adam on Keras 3 with the JAX backend (benchmarks.keras_reference).
+  """The tutorial's model, loss and Adam on Keras 3 with the JAX backend (benchmarks.peers.keras_reference).
 
   form "scan": keras_reference's jitted stateless chunk of steps, compiled ahead of time (its
   compile_seconds). form "fit": Keras' fit(steps_per_execution=chunk) over FIT_EXECUTIONS chunks of
@@ -143,7 +143,7 @@ def keras_bench(batch_size: int, latent_dim: int, seed: int, precision: str = "f
   both: the jitted stateless forward loss, one call per batch.
   """
   # Sets KERAS_BACKEND=jax before Keras loads (this process must not have loaded Keras yet).
-  from benchmarks import keras_reference as kr  # pylint: disable=import-outside-toplevel
+  from benchmarks.peers import keras_reference as kr  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import keras  # pylint: disable=import-outside-toplevel
   keras.utils.set_random_seed(seed)
@@ -256,8 +256,8 @@ def emit(result: dict, out: str | None) -> None:
 
 def main(argv=None) -> int:
   d = get_config()
-  p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--framework", choices=FRAMEWORKS, required=True,
                  help="jax: the port's main job; tf: the TensorFlow tutorial; keras_jax: the "
                       "tutorial's Keras model on Keras 3 with the JAX backend")
@@ -321,5 +321,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

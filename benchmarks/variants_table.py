@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 
+from vae_jax import cli
 from vae_jax.machine import cpu_name
 
 FILES = ("config.json", "metrics.jsonl", "evaluation.json")
@@ -33,15 +34,9 @@ VARYING = ("model", "objective", "kl", "beta", "iw_samples", "kl_warmup_epochs",
            "train_size", "denoise")
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-  p = _Parser(prog="python -m benchmarks.variants_table", description=__doc__,
-              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m benchmarks.variants_table", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("runs", nargs="+", help="run directories")
   p.add_argument("--out", required=True, help="result folder")
   p.add_argument("--title", default="Likelihood of trained variants")
@@ -175,4 +170,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

@@ -1,4 +1,4 @@
-"""Parity with stored TensorFlow numbers (benchmarks/tf_golden.py): runs where TF is not installed.
+"""Parity with stored TensorFlow numbers (benchmarks/peers/tf_golden.py): runs where TF is not installed.
 
 tests/test_parity.py compares live against TensorFlow; this file checks the same quantities against
 TF's outputs saved in tests/data/tf_golden.npz, so GPU machines without TF check them too. On GPUs

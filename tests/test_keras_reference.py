@@ -1,4 +1,4 @@
-"""benchmarks.keras_reference: the tutorial's Keras model on Keras 3 with the JAX backend.
+"""benchmarks.peers.keras_reference: the tutorial's Keras model on Keras 3 with the JAX backend.
 
 Keras picks its backend once per process, and other tests load it with TensorFlow's, so every Keras
 side here runs in its own process. Parity: with the port's weights copied in, the Keras model's loss,
@@ -33,7 +33,7 @@ ENV = {**os.environ, "VAE_JAX_HUGE_PAGES": "0"}
 KERAS_SIDE = """
 import sys
 import numpy as np
-from benchmarks import keras_reference as kr
+from benchmarks.peers import keras_reference as kr
 import jax, keras
 d = dict(np.load(sys.argv[1]))
 x, eps = d.pop("x"), d.pop("eps")
@@ -113,7 +113,7 @@ def test_keras_on_jax_computes_what_the_port_computes(tmp_path):
 def test_writes_the_main_jobs_rows(tmp_path, idx_dir):
   # 80 train images in batches of 7: two 4-step chunks, three single steps and a batch of 3.
   out = tmp_path / "keras.jsonl"
-  done = _run([sys.executable, "-m", "benchmarks.keras_reference", "--data", f"idx:{idx_dir}",
+  done = _run([sys.executable, "-m", "benchmarks.peers.keras_reference", "--data", f"idx:{idx_dir}",
                "--epochs", "2", "--batch-size", "7", "--latent-dim", "2", "--steps-per-chunk", "4",
                "--out", str(out)])
   assert done.returncode == 0, done.stderr[-3000:]
@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_error(argv, message, tmp_path):
   existing = tmp_path / "earlier.jsonl"
   existing.write_text("keep me\n")
   argv = [str(existing) if a == "EXISTING" else a for a in argv]
-  done = _run([sys.executable, "-m", "benchmarks.keras_reference", "--data", "mnist-5k", *argv])
+  done = _run([sys.executable, "-m", "benchmarks.peers.keras_reference", "--data", "mnist-5k", *argv])
   assert done.returncode == 2
   assert done.stderr.startswith("error: ") and message in done.stderr
   assert done.stderr.count("\n") == 1
@@ -148,7 +148,7 @@ def test_bad_input_is_one_line_error(argv, message, tmp_path):
 
 
 def test_refuses_keras_loaded_with_another_backend():
-  done = _run([sys.executable, "-c", "import keras; import benchmarks.keras_reference"],
+  done = _run([sys.executable, "-c", "import keras; import benchmarks.peers.keras_reference"],
               env={**ENV, "KERAS_BACKEND": "numpy"})
   assert done.returncode != 0
   assert "needs Keras on JAX, but Keras was imported with the numpy backend" in done.stderr

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from benchmarks import tf_reference as tfr
+from benchmarks.peers import tf_reference as tfr
 from vae_jax.nn import losses, models
 from vae_jax.training.train import keras_adam
 

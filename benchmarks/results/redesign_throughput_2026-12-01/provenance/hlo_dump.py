@@ -1,6 +1,6 @@
 """Writes the optimized HLO of the default run's training chunk, step and evaluation.
 
-  cd CHECKOUT && PYTHONPATH=. python benchmarks/results/redesign_throughput_2026-12-01/hlo_dump.py PREFIX
+  cd CHECKOUT && PYTHONPATH=. python benchmarks/results/redesign_throughput_2026-12-01/provenance/hlo_dump.py PREFIX
 
 writes PREFIX_{chunk,step,evaluate}.hlo, without metadata and instruction numbers, for
 hlo_compare.py (run where the before_*.hlo and after_*.hlo files are).

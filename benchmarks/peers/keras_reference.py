@@ -1,7 +1,7 @@
 """The seed's Keras model, loss and Adam on Keras 3 with the JAX backend: what a user has without the port.
 
 Run from the repository root, e.g.
-  python -m benchmarks.keras_reference --data idx:../shared/data/mnist --epochs 10 --out workdirs/keras.jsonl
+  python -m benchmarks.peers.keras_reference --data idx:../shared/data/mnist --epochs 10 --out workdirs/keras.jsonl
 
 The tutorial's CVAE (its two Sequentials), compute_loss and keras.optimizers.Adam(1e-4), unchanged but
 for the TensorFlow calls written as keras.ops so that Keras runs them on JAX. This module sets
@@ -14,7 +14,7 @@ that, as the port's main job runs (10 steps unrolled on CPU, 100 rolled elsewher
 (keras/src/backend/jax/trainer.py); `python -m benchmarks.throughput --framework keras_jax
 --keras-form fit` times that form beside this one (`--keras-form scan`).
 
-Like benchmarks.tf_reference: the same arrays and batch order as the main job (vae_jax.data),
+Like benchmarks.peers.tf_reference: the same arrays and batch order as the main job (vae_jax.data),
 `keras.utils.set_random_seed(seed)` seeding the weights and the noise, and rows with the keys of the
 main job's metrics.jsonl.
 """
@@ -25,6 +25,7 @@ import platform
 import sys
 import time
 
+from vae_jax import cli
 from vae_jax.training import hugepages
 
 if __name__ == "__main__":
@@ -38,11 +39,11 @@ import numpy as np  # pylint: disable=wrong-import-position
 from keras import ops  # pylint: disable=wrong-import-position
 
 from vae_jax import data as data_lib  # pylint: disable=wrong-import-position
-from benchmarks import reference_cli  # pylint: disable=wrong-import-position
+from benchmarks.peers import reference_cli  # pylint: disable=wrong-import-position
 from vae_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 if keras.backend.backend() != "jax":
-  raise ImportError(f"benchmarks.keras_reference needs Keras on JAX, but Keras was imported with the "
+  raise ImportError(f"benchmarks.peers.keras_reference needs Keras on JAX, but Keras was imported with the "
                     f"{keras.backend.backend()} backend first; import this module in its own process")
 
 # keras.utils.set_random_seed imports TensorFlow, where it is installed, only to seed it too; this
@@ -163,7 +164,7 @@ def make_model_and_optimizer(latent_dim, learning_rate, precision="float32"):
 
 
 # Flax attribute of vae_jax.nn.models.CVAE -> (Keras Sequential attribute, index in its .layers, layer class),
-# as benchmarks.tf_reference.FLAX_TO_KERAS (which needs TensorFlow). Sequential.layers leaves out the
+# as benchmarks.peers.tf_reference.FLAX_TO_KERAS (which needs TensorFlow). Sequential.layers leaves out the
 # InputLayer.
 FLAX_TO_KERAS = {
     "enc_conv1": ("inference_net", 0, keras.layers.Conv2D),
@@ -360,7 +361,7 @@ def train_keras(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rat
 
 
 def main(argv=None):
-  parser = reference_cli.run_parser("python -m benchmarks.keras_reference", __doc__.splitlines()[0])
+  parser = reference_cli.run_parser("python -m benchmarks.peers.keras_reference", __doc__.splitlines()[0])
   parser.add_argument("--steps-per-chunk", type=int, default=0,
                       help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
   args = parser.parse_args(argv)
@@ -400,4 +401,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

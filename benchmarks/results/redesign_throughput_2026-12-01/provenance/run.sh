@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Alternating throughput rounds of the code before and after the redesign, in new processes.
-#   BEFORE=DIR AFTER=DIR bash benchmarks/results/redesign_throughput_2026-12-01/run.sh
+#   BEFORE=DIR AFTER=DIR bash benchmarks/results/redesign_throughput_2026-12-01/provenance/run.sh
 # BEFORE and AFTER are checkouts (e.g. `git worktree add`) of the two commits; results land here.
 set -euo pipefail
-out="$(cd "$(dirname "$0")" && pwd)"
+out="$(cd "$(dirname "$0")/.." && pwd)"  # the result folder, above provenance/
 run() {  # $1: before | after, $2: round
   local dir; dir=$([ "$1" = before ] && echo "$BEFORE" || echo "$AFTER")
   (cd "$dir" && python -m benchmarks.throughput --framework jax --steps 300 --out "$out/$1_round$2.json")

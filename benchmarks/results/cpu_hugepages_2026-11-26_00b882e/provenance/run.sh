@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of vae_jax/hugepages.py: training throughput with and without GLIBC_TUNABLES=glibc.malloc.hugetlb=1,
 # alternating, each run in its own process (benchmarks.throughput, batch 100, latent 50).
-#   bash benchmarks/results/cpu_hugepages_2026-11-26_00b882e/run.sh [ROUNDS] [OUTDIR]
+#   bash benchmarks/results/cpu_hugepages_2026-11-26_00b882e/provenance/run.sh [ROUNDS] [OUTDIR]
 set -euo pipefail
 rounds=${1:-5}
 out=${2:-benchmarks/results/cpu_hugepages_2026-11-26_00b882e}

@@ -1,17 +1,16 @@
 """Stores the TensorFlow tutorial model's numbers for fixed weights and inputs, for TF-free parity tests.
 
-    python -m benchmarks.tf_golden --out tests/data/tf_golden.npz
+    python -m benchmarks.peers.tf_golden --out tests/data/tf_golden.npz
 
 Machines without TensorFlow (the GPU machines) then check the Flax port against these stored
 numbers in tests/test_golden_parity.py: forward pass, loss, gradients and one Keras Adam step.
 """
 
-import argparse
-
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import tf_reference as tfr
+from benchmarks.peers import tf_reference as tfr
+from vae_jax import cli
 
 BATCH, LATENT, LR = 8, 4, 1e-4
 
@@ -47,10 +46,10 @@ def golden() -> dict[str, np.ndarray]:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = cli.ArgumentParser(description=__doc__)
   parser.add_argument("--out", required=True)
   np.savez_compressed(parser.parse_args(argv).out, **golden())
 
 
 if __name__ == "__main__":
-  main()
+  cli.start(lambda: cli.main(main))

@@ -1,7 +1,7 @@
 """The TensorFlow CVAE tutorial (tensorflow.org/tutorials/generative/cvae) as the baseline, with weight converters.
 
 Run from the repository root, e.g.
-  python -m benchmarks.tf_reference --data idx:../shared/data/mnist --epochs 10 --out workdirs/tf.jsonl
+  python -m benchmarks.peers.tf_reference --data idx:../shared/data/mnist --epochs 10 --out workdirs/tf.jsonl
 It trains on the arrays the JAX main job trains on (vae_jax.data), in the same batch order, and writes rows
 with the keys of the main job's metrics.jsonl. TensorFlow is imported only here and in tests, never in vae_jax/.
 """
@@ -12,6 +12,7 @@ import platform
 import sys
 import time
 
+from vae_jax import cli
 from vae_jax.training import hugepages
 
 if __name__ == "__main__":
@@ -22,7 +23,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
 from vae_jax import data as data_lib  # pylint: disable=wrong-import-position
-from benchmarks import reference_cli  # pylint: disable=wrong-import-position
+from benchmarks.peers import reference_cli  # pylint: disable=wrong-import-position
 from vae_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 
@@ -275,7 +276,7 @@ def train_tf(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rate, 
 
 
 def main(argv=None):
-  parser = reference_cli.run_parser("python -m benchmarks.tf_reference", __doc__.splitlines()[0])
+  parser = reference_cli.run_parser("python -m benchmarks.peers.tf_reference", __doc__.splitlines()[0])
   args = parser.parse_args(argv)
 
   try:
@@ -310,4 +311,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.start(lambda: cli.main(main))

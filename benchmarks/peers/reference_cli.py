@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from vae_jax import cli
 from vae_jax import data as data_lib
 from vae_jax.config import get_config
 from vae_jax.errors import UserError
@@ -25,7 +26,7 @@ def load_binarized(spec, train_size):
 def run_parser(prog: str, description: str) -> argparse.ArgumentParser:
   """The flags of a reference run, with the main job's defaults, so every side trains the same run."""
   d = get_config()
-  parser = argparse.ArgumentParser(prog=prog, description=description)
+  parser = cli.ArgumentParser(prog=prog, description=description)
   parser.add_argument("--data", default=d.data, help="tfds:NAME | idx:DIR | mnist-5k | auto")
   parser.add_argument("--epochs", type=int, default=d.epochs)
   parser.add_argument("--train-size", type=int, default=d.train_size,
