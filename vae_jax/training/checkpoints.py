@@ -126,6 +126,16 @@ def _verify(step_dir: str) -> None:
       raise DamagedCheckpoint(f"{rel} does not match its CRC-32")
 
 
+def complete_epochs(directory: str) -> list[int]:
+  """The epochs whose checkpoint under `directory` was written to the end (its manifest is there)."""
+  try:
+    names = os.listdir(directory)
+  except FileNotFoundError:
+    return []
+  return sorted(int(n) for n in names
+                if n.isdigit() and os.path.isfile(os.path.join(directory, n, MANIFEST)))
+
+
 class Checkpoints:
   """Epoch-numbered checkpoints under `directory` (the newest `keep` are kept)."""
 
@@ -175,12 +185,11 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds here
       raise DamagedCheckpoint(_first_line(e)) from None
 
-  def restore_newest(self, like, sharding, at_most: int | None = None, remove_newer: bool = False):
+  def restore_newest(self, like, sharding, at_most: int | None = None):
     """(epoch, state) of the newest checkpoint of an epoch <= at_most that restores.
 
     Older ones are tried in turn, each skip with a warning; (0, None) when there is no candidate;
-    UserError when none restores. With `remove_newer`, the checkpoints newer than the restored one
-    are deleted, so that the run can write those epochs again.
+    UserError when none restores.
     """
     epochs = self.epochs()
     candidates = [e for e in reversed(epochs) if at_most is None or e <= at_most]
@@ -203,12 +212,14 @@ class Checkpoints:
       if candidates:
         raise UserError(f"no checkpoint in {self.directory} restores ({'; '.join(failures)}); "
                         f"remove {self.directory} to start the run over")
-    if remove_newer:
-      for epoch in epochs:
-        if epoch > restored[0]:
-          with workdir.writing(self.step_dir(epoch)):
-            self.manager.delete(epoch)
     return restored
+
+  def remove_after(self, epoch: int) -> None:
+    """Deletes the checkpoints newer than `epoch`, so that the run can write those epochs again."""
+    for newer in self.epochs():
+      if newer > epoch:
+        with workdir.writing(self.step_dir(newer)):
+          self.manager.delete(newer)
 
   def close(self) -> None:
     self.manager.close()

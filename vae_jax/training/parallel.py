@@ -5,36 +5,122 @@ its position in the global batch (see `train.example_keys`), so results do not d
 devices or processes share the batch.
 """
 
+import atexit
 import dataclasses
+import os
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vae_jax.errors import UserError
+from vae_jax.errors import UserError, flush_std_streams
 
 DATA_AXIS = "data"
 
 
+# A process that sends the coordination service no heartbeat for this long counts as dead (JAX's
+# default is 100 s); a process exiting waits at most SHUTDOWN_SECONDS for the others.
+HEARTBEAT_SECONDS = 30
+SHUTDOWN_SECONDS = 30
+# The runtime errors of a collective or of the coordination service whose peer went away.
+_PEER_LOST_MARKS = ("Gloo", "Connection reset", "Connection closed", "UNAVAILABLE", "heartbeat",
+                    "DEADLINE_EXCEEDED", "Barrier")
+
+_started_by = None  # how this process found the others: "--coordinator HOST:PORT" or a cluster's name
+
+
+class ProcessLost(UserError):
+  """Another process of a multi-process run died or stopped responding."""
+
+
+def cluster_environment():
+  """The cluster environment jax.distributed.initialize() would detect (SLURM, Cloud TPU, Open MPI,
+  Kubernetes; mpi4py only when asked), or None."""
+  from jax._src import clusters  # pylint: disable=import-outside-toplevel  # jax's own detection
+  return next((env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+               if not env.opt_in_only_method and env.is_env_present()), None)
+
+
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
-  """Starts JAX's multi-process runtime when a coordinator address is given (before any JAX work)."""
+  """Starts JAX's multi-process runtime (before any JAX work) from the flags, else from a cluster
+  environment that runs more than one process; with neither, the run is one process."""
+  timeouts = dict(heartbeat_timeout_seconds=HEARTBEAT_SECONDS,
+                  shutdown_timeout_seconds=SHUTDOWN_SECONDS)
   if coordinator is None:
     if num_processes not in (None, 1) or process_id not in (None, 0):
       raise UserError("--num-processes/--process-id need --coordinator HOST:PORT")
+    env = cluster_environment()
+    if env is None or env.get_process_count() < 2:
+      return
+    _start(dict(timeouts), f"{env.__name__} environment")
     return
   if num_processes is None or process_id is None:
     raise UserError("--coordinator needs --num-processes and --process-id")
   if not 0 <= process_id < num_processes:
     raise UserError(f"--process-id {process_id} must be in [0, {num_processes})")
-  jax.distributed.initialize(coordinator, num_processes, process_id)
+  _start(dict(timeouts, coordinator_address=coordinator, num_processes=num_processes,
+              process_id=process_id, cluster_detection_method="deactivate"),
+         f"--coordinator {coordinator}")
+
+
+def _start(kwargs: dict, started_by: str) -> None:
+  global _started_by  # pylint: disable=global-statement
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:  # JaxRuntimeError is a RuntimeError
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f"cannot start the multi-process run ({started_by}): {first}") from None
+  _started_by = started_by
+  # After a lost process, the exit skips JAX's shutdown barrier: it would wait for the dead
+  # process and then abort from C++. Registered after jax's own exit hook, so it runs first.
+  atexit.register(_exit_without_shutdown)
+
+
+def processes_text() -> str:
+  """'1 process', or 'N processes (how they found each other)' for the startup line."""
+  if jax.process_count() == 1:
+    return "1 process"
+  return f"{jax.process_count()} processes ({_started_by}), this one {jax.process_index()}"
+
+
+_lost = False
+
+
+def lost_process(error: Exception, last_checkpoint: int) -> ProcessLost | None:
+  """The ProcessLost that a runtime error of a multi-process run means, or None (another error)."""
+  global _lost  # pylint: disable=global-statement
+  text = str(error)
+  if jax.process_count() < 2 or not any(mark in text for mark in _PEER_LOST_MARKS):
+    return None
+  _lost = True
+  n, me = jax.process_count(), jax.process_index()
+  others = [p for p in range(n) if p != me]
+  who = f"process {others[0]} of {n}" if len(others) == 1 else f"a process of the {n}"
+  kept = (f"the last complete checkpoint is epoch {last_checkpoint}" if last_checkpoint else
+          "no checkpoint is complete yet")
+  return ProcessLost(f"{who} stopped responding; {kept}; restart all processes with --resume")
+
+
+def _exit_without_shutdown() -> None:
+  if _lost:
+    flush_std_streams(0)
+    os._exit(2)  # pylint: disable=protected-access  # the exit code of every one-line error
 
 
 def sync_processes(name: str) -> None:
   """Returns when every process has called it with `name` (at once with one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def min_max_over_processes(value: int) -> tuple[int, int]:
+  """(min, max) of an integer over every process (value, value with one process)."""
+  if jax.process_count() == 1:
+    return value, value
+  values = multihost_utils.process_allgather(np.int32(value))
+  return int(values.min()), int(values.max())
 
 
 @dataclasses.dataclass(frozen=True)

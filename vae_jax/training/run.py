@@ -17,7 +17,7 @@ from vae_jax.nn import models, resolve
 from vae_jax import interrupts
 from vae_jax.training import parallel, pictures, tensorboard, train
 from vae_jax.training import workdir as workdir_lib
-from vae_jax.training.checkpoints import Checkpoints
+from vae_jax.training.checkpoints import Checkpoints, complete_epochs
 from vae_jax.config import Config
 from vae_jax.errors import UserError
 from vae_jax.training.workdir import CONFIG_FILE, METRICS_FILE
@@ -204,7 +204,20 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
   """
   resolve.check(config)
   with workdir_lib.locked(workdir) if _is_main() else contextlib.nullcontext():
-    return _train_and_evaluate(config, workdir, resume)
+    try:
+      return _train_and_evaluate(config, workdir, resume)
+    except jax.errors.JaxRuntimeError as e:
+      lost = parallel.lost_process(e, _last_complete_epoch(workdir))
+      if lost is None:
+        raise
+      raise lost from None
+
+
+def _last_complete_epoch(workdir: str) -> int:
+  """The newest epoch that a resumed run restores: its checkpoint complete, its metrics row written."""
+  rows = len(read_metrics(workdir))
+  return max((e for e in complete_epochs(os.path.join(workdir, "checkpoints")) if e <= rows),
+             default=0)
 
 
 def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict]:
@@ -218,10 +231,15 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
   workdir_lib.create(workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
   start_epoch = 0
-  if resume:  # the newest checkpoint that restores and has its epoch's metrics row
-    start_epoch, host = checkpoints.restore_newest(
-        run.strategy.host_state(run.state), run.strategy.replicated,
-        at_most=len(earlier_rows), remove_newer=True)
+  if resume:  # the newest checkpoint that restores on every process and has its metrics row
+    like, at_most = run.strategy.host_state(run.state), len(earlier_rows)
+    while True:
+      start_epoch, host = checkpoints.restore_newest(like, run.strategy.replicated,
+                                                     at_most=at_most)
+      at_most, newest = parallel.min_max_over_processes(start_epoch)
+      if at_most == newest:
+        break
+    checkpoints.remove_after(start_epoch)
     if host is not None:
       run.state = run.strategy.put_state(host)
   elif _is_main():
@@ -233,7 +251,7 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
   events = tensorboard.EpochWriter(workdir, start_epoch + 1) if _is_main() else None
   _log(f"data {dataset.name}: {len(run.train_images)} train / {len(run.test_x)} test images; "
        f"{run.strategy.kind} on {run.strategy.num_devices} {jax.devices()[0].platform} device(s), "
-       f"{jax.process_count()} process(es); epochs {start_epoch + 1}..{config.epochs}")
+       f"{parallel.processes_text()}; epochs {start_epoch + 1}..{config.epochs}")
   # An autoencoder's test_elbo is minus its reconstruction loss (objectives.py), not an ELBO.
   test_label = "test ELBO" if models.get_model_class(config.model).stochastic else "test -loss"
   try:
