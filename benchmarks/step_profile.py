@@ -1,8 +1,10 @@
 """Where the training step's time goes, per layer: GEMM (dot and convolution) thunks vs the rest.
 
   python -m benchmarks.step_profile --chunks 20 --out profile.json [--dtype bfloat16]
+  python -m benchmarks.step_profile --model mlp --batch-size 20 [--objective iwae --iw-samples 50]
 
-Compiles the main job's training chunk (vae_jax.training.train.Steps, batch 100, the default CVAE), runs
+Compiles the main job's training chunk (vae_jax.training.train.Steps; by default batch 100, the
+CVAE; --model/--objective/--iw-samples/--batch-size choose another, on {0, 1} pixels), runs
 --chunks of it under jax.profiler, and reads the XLA:CPU thunk events of the trace: each names the
 HLO instruction it ran. The compiled HLO says what each instruction is (a dot, a convolution, a
 fusion that contains one, or elementwise/layout work) and which layer it came from (the
@@ -151,12 +153,18 @@ def thunk_times(trace_dir: str, module_prefix: str) -> tuple[dict, float]:
   return dict(times), (max(ends) - min(starts)) if starts else 0.0
 
 
-def profile(chunks: int, dtype: str) -> dict:
+def profile(chunks: int, dtype: str, batch_size: int | None = None, **overrides) -> dict:
+  import dataclasses  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from vae_jax.config import get_config  # pylint: disable=import-outside-toplevel
-  config = get_config()
-  bench = throughput.jax_bench(config.batch_size, config.latent_dim, 0, dtype=dtype)
+  from vae_jax.training import train  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(get_config(), batch_size=batch_size or get_config().batch_size,
+                               dtype=dtype, **overrides)
+  bench = throughput.jax_bench(config.batch_size, config.latent_dim, 0, dtype=dtype, **overrides)
   length = bench.steps_per_call
+  # An instruction of an unrolled chunk runs once per chunk, one of a rolled loop's body per step.
+  unroll = train.chunk_plan(config, jax.default_backend())[1]
+  copies = length if unroll is True else (unroll or 1)
   hlo = bench.hlo_text()
   module = re.search(r"HloModule (\S+?)[,\s]", hlo).group(1)
 
@@ -193,7 +201,7 @@ def profile(chunks: int, dtype: str) -> dict:
       row["gemm_ms"] += ms
       row["gemm_thunks"] += 1
       if op not in flops_counted:
-        row["gemm_flops"] += flops / length  # the chunk holds `length` unrolled steps
+        row["gemm_flops"] += flops / copies
         flops_counted.add(op)
     else:
       row["other_ms"] += ms
@@ -201,12 +209,14 @@ def profile(chunks: int, dtype: str) -> dict:
       others.append({"hlo_op": op, "kind": kind, "layer": layer, "ms_per_step": ms,
                      "op_name": op_name[-160:]})
   for row in layers.values():
-    row["gemm_thunks"] /= length
-    row["other_thunks"] /= length
+    row["gemm_thunks"] /= copies
+    row["other_thunks"] /= copies
     row["gemm_gflops_per_s"] = (row["gemm_flops"] / (row["gemm_ms"] * 1e-3) / 1e9
                                 if row["gemm_ms"] else None)
   others.sort(key=lambda r: -r["ms_per_step"])
   return {"dtype": dtype, "batch_size": config.batch_size, "latent_dim": config.latent_dim,
+          "model": config.model, "objective": config.objective, "iw_samples": config.iw_samples,
+          "steps_per_chunk": length, "unroll": unroll,
           "steps_profiled": n_steps, "step_ms_untraced": plain_ms, "step_ms_traced": traced_ms,
           "thunk_span_ms_per_step": span_us / 1e3 / n_steps,
           "unattributed_thunk_ms_per_step": unknown_us / 1e3 / n_steps,
@@ -219,13 +229,18 @@ def main(argv=None) -> int:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--chunks", type=int, default=20, help="training chunks (10 steps each) traced")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--model", default="cvae")
+  p.add_argument("--objective", default="elbo")
+  p.add_argument("--iw-samples", type=int, default=1)
+  p.add_argument("--batch-size", type=int, default=None, help="default: the tutorial's 100")
   p.add_argument("--out", help="write the result as JSON here too (a new file)")
   args = p.parse_args(argv)
   if args.chunks < 1:
     p.error(f"--chunks must be >= 1, got {args.chunks}")
   if args.out and os.path.exists(args.out):
     p.error(f"--out {args.out} exists; choose a new file")
-  result = profile(args.chunks, args.dtype)
+  result = profile(args.chunks, args.dtype, args.batch_size, model=args.model,
+                   objective=args.objective, iw_samples=args.iw_samples)
   print(f"step {result['step_ms_untraced']:.2f} ms untraced, {result['step_ms_traced']:.2f} traced; "
         f"thunks span {result['thunk_span_ms_per_step']:.2f} ms")
   print(f"{'layer':28s} {'GEMM ms':>8s} {'other ms':>8s} {'GEMM %':>7s} {'GFLOP/s':>8s}")
