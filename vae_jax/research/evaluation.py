@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import flax
 import jax
@@ -97,6 +98,8 @@ def _load_partial(path: str, meta: dict) -> dict:
   try:
     with np.load(path) as f:
       if json.loads(str(f["meta"])) != meta:
+        warnings.warn(f"{path} holds an interrupted evaluation with another --chunk or --batch "
+                      "(or checkpoint); every image is evaluated again")
         return {}
       return {name: f[name] for name in f.files if name != "meta"}
   except (OSError, ValueError, KeyError):
@@ -152,6 +155,8 @@ def _per_image_terms(model, x_u8: np.ndarray, settings: Settings, batch: int, st
     while pending:
       consume(bar)
   seconds = time.perf_counter() - start_time
+  if not parts:  # a signal before the first call
+    interrupts.stop("interrupted before the first test image: nothing to keep")
   terms = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
   if len(terms["rec"]) < n:  # stopped by a signal
     _save_partial(partial, meta, terms)
