@@ -20,9 +20,10 @@ DATA_AXIS = "data"
 
 
 # A process that sends the coordination service no heartbeat for this long counts as dead (JAX's
-# default is 100 s); a process exiting waits at most SHUTDOWN_SECONDS for the others.
+# default is 100 s). A process exiting waits at most SHUTDOWN_SECONDS for the others (JAX's
+# default; the run ends with sync_processes, so they arrive together).
 HEARTBEAT_SECONDS = 30
-SHUTDOWN_SECONDS = 30
+SHUTDOWN_SECONDS = 300
 # The runtime errors of a collective or of the coordination service whose peer went away.
 _PEER_LOST_MARKS = ("Gloo", "Connection reset", "Connection closed", "UNAVAILABLE", "heartbeat",
                     "DEADLINE_EXCEEDED", "Barrier")

@@ -282,6 +282,8 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
       events.close()
   if rows:
     run.save_final_pictures(rows)
+  # The others wait for process 0's pictures here, not in JAX's time-limited shutdown barrier.
+  parallel.sync_processes("run finished")
   return rows
 
 
