@@ -153,6 +153,8 @@ def test_evaluation_sums_do_not_depend_on_the_evaluation_batch(cfg):
   from vae_jax.training import train  # pylint: disable=import-outside-toplevel
   config = dataclasses.replace(cfg, model="mlp", hidden_sizes=(8,), batch_size=4)
   assert train.eval_batch_size(config) == train.EVAL_MIN_BATCH  # a multiple of 4
+  iwae = dataclasses.replace(config, batch_size=20, objective="iwae", iw_samples=50)
+  assert train.eval_batch_size(iwae) == 20  # already 1,000 decoder samples a batch
   graphdef, state = train.init_state(config)
   x = (np.random.default_rng(0).random((10, 28, 28, 1)) > 0.5).astype(np.uint8)
   evaluate = jax.jit(train.make_evaluate(graphdef, config, None))

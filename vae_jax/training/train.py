@@ -33,8 +33,9 @@ METRIC_KEYS = ("loss", "rec", "kl")
 # fold_in data of the denoising stream: above every int32 step, so never a step's key.
 DENOISE_STREAM = 2**32 - 1
 BINARIZE_STREAM = 2**32 - 2  # the dynamic binarization's stream, likewise never a step's key
-# A smaller batch is evaluated in batches of the smallest multiple of it holding this many images:
-# at batch 20 the test set's 500 scan steps of tiny GEMMs cost more than the arithmetic.
+# A smaller batch is evaluated in batches of the smallest multiple of it whose decoder sees this
+# many samples (images x --iw-samples): at batch 20 the test set's 500 scan steps of tiny GEMMs
+# cost more than the arithmetic; IWAE k=50 evaluated slower in batches of 500 images than of 20.
 EVAL_MIN_BATCH = 500
 
 
@@ -283,11 +284,12 @@ def chunk_plan(config: Config, backend: str) -> tuple[int, bool]:
 
 def eval_batch_size(config: Config) -> int:
   """The test set's batch: the training batch, or for a model without convolutions the smallest
-  multiple of it holding EVAL_MIN_BATCH images (the sums do not depend on it: every test image's
-  noise comes from its global index)."""
+  multiple of it with EVAL_MIN_BATCH decoder samples (the sums do not depend on it: every test
+  image's noise comes from its global index)."""
   if has_convolutions(config):
     return config.batch_size
-  return config.batch_size * max(1, -(-EVAL_MIN_BATCH // config.batch_size))
+  samples = config.batch_size * (config.iw_samples if config.objective == "iwae" else 1)
+  return config.batch_size * max(1, -(-EVAL_MIN_BATCH // samples))
 
 
 class Steps:
