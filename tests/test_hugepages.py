@@ -43,7 +43,7 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path):
 
 def _run(env_extra):
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.OPT_OUT)}
-  code = ("import os, sys; from vae_jax import hugepages; hugepages.relaunch(); "
+  code = ("import os, sys; from vae_jax.training import hugepages; hugepages.relaunch(); "
           "print(os.environ.get('GLIBC_TUNABLES', '-'), sys.argv[1:])")
   out = subprocess.run([sys.executable, "-c", code, "a", "--b"], env={**env, **env_extra},
                        cwd=REPO, capture_output=True, text=True, check=True, timeout=60)

@@ -264,7 +264,7 @@ def test_a_full_disk_keeps_every_earlier_epoch(env, data, reference, tmp_path):
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
   path = str(tmp_path / "w")
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom vae_jax import workdir\n"
+      [sys.executable, "-c", "import sys, time\nfrom vae_jax.training import workdir\n"
        "with workdir.locked(sys.argv[1]):\n  print('locked', flush=True)\n  time.sleep(600)",
        path], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
   try:
