@@ -1,6 +1,8 @@
 """Shared test setup: strict JAX numerics and tiny real-digit datasets written by the tests."""
 
+import dataclasses
 import gzip
+import json
 import os
 import struct
 
@@ -63,3 +65,29 @@ def idx_dir(tmp_path_factory, digits):
   """A tiny IDX dataset of real digits: 80 train, 24 test."""
   train, test = digits
   return write_idx_dir(str(tmp_path_factory.mktemp("idx")), train[:80], test[:24])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """The environment of the subprocesses a test file starts: the repository importable, and one
+  persistent compilation cache shared by them, so each program compiles once per file."""
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  return dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def write_workdir(directory: str, config) -> str:
+  """A run's workdir holding config.json and one checkpoint of the freshly initialized state."""
+  from vae_jax.training import run, train  # pylint: disable=import-outside-toplevel
+  from vae_jax.training.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
+  os.makedirs(directory)
+  with open(os.path.join(directory, run.CONFIG_FILE), "w") as f:
+    json.dump(dataclasses.asdict(config), f)
+  checkpoints = Checkpoints(os.path.join(directory, "checkpoints"))
+  checkpoints.save(1, train.init_state(config)[1])
+  checkpoints.close()
+  return directory

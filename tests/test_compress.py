@@ -2,7 +2,6 @@
 
 import dataclasses
 import gzip
-import json
 import os
 import struct
 import subprocess
@@ -13,10 +12,10 @@ import numpy as np
 import pytest
 from scipy.special import ndtr, ndtri
 
+from conftest import write_workdir
 from experiments import compress as compress_cli
 from vae_jax import data, pretrained
-from vae_jax.training import run, train
-from vae_jax.training.checkpoints import Checkpoints
+from vae_jax.training import run
 from vae_jax.codec import baselines, bitsback, container, files, images, lossy
 from vae_jax.codec.tables import ModelTables
 from vae_jax.config import Config
@@ -26,22 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = Config(latent_dim=4, batch_size=8, epochs=1)  # randomly initialized: exactness holds for any model
 
 
-def _write_workdir(directory, config):
-  """A run's workdir holding config.json and one checkpoint of the freshly initialized state."""
-  os.makedirs(directory)
-  with open(os.path.join(directory, run.CONFIG_FILE), "w") as f:
-    json.dump(dataclasses.asdict(config), f)
-  checkpoints = Checkpoints(os.path.join(directory, "checkpoints"))
-  checkpoints.save(1, train.init_state(config)[1])
-  checkpoints.close()
-  return directory
-
-
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
   """Two tiny models that differ only in their seed (so in their parameters)."""
   base = tmp_path_factory.mktemp("models")
-  return [_write_workdir(str(base / f"seed{seed}"), dataclasses.replace(TINY, seed=seed))
+  return [write_workdir(str(base / f"seed{seed}"), dataclasses.replace(TINY, seed=seed))
           for seed in (0, 1)]
 
 

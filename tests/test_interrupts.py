@@ -2,7 +2,6 @@
 sends it: one line, exit 130, no partial output; an interrupted evaluation continues when run
 again and ends with the numbers of an uninterrupted one."""
 
-import dataclasses
 import json
 import os
 import re
@@ -15,35 +14,18 @@ import time
 import numpy as np
 import pytest
 
-from conftest import write_idx
+from conftest import write_idx, write_workdir
 from vae_jax.config import Config
 from vae_jax.research import evaluation
-from vae_jax.training import run, train
-from vae_jax.training.checkpoints import Checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  return dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory, idx_dir):
   """A run's workdir: config.json and one checkpoint of the freshly initialized tiny model."""
-  directory = str(tmp_path_factory.mktemp("model") / "run")
-  config = Config(data=f"idx:{idx_dir}", latent_dim=4, batch_size=8, epochs=1)
-  os.makedirs(directory)
-  with open(os.path.join(directory, run.CONFIG_FILE), "w") as f:
-    json.dump(dataclasses.asdict(config), f)
-  checkpoints = Checkpoints(os.path.join(directory, "checkpoints"))
-  checkpoints.save(1, train.init_state(config)[1])
-  checkpoints.close()
-  return directory
+  return write_workdir(str(tmp_path_factory.mktemp("model") / "run"),
+                       Config(data=f"idx:{idx_dir}", latent_dim=4, batch_size=8, epochs=1))
 
 
 class Command:

@@ -57,14 +57,6 @@ sys.exit(mnist_vae.main(argv))
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  return dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
-@pytest.fixture(scope="module")
 def data(idx_dir):
   return ["--data", f"idx:{idx_dir}", *TINY]
 
