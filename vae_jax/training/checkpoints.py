@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 import warnings
 import zlib
 
@@ -78,8 +79,11 @@ def _quiet_orbax():
     logger.addFilter(quiet)
   try:
     yield
-  except Exception:
-    gc.collect()  # finishes the failed operation's tasks now, not at interpreter exit
+  except Exception as e:
+    # The failed operation's tasks are reachable from the locals of the traceback's frames; freed
+    # and collected here, while their reports are filtered, not later wherever the error is dropped.
+    traceback.clear_frames(e.__traceback__)
+    gc.collect()
     raise
   finally:
     for logger in loggers:
