@@ -5,6 +5,9 @@
 Evaluates the run's newest checkpoint on its own test set, binarized as it was trained, and writes
 WORKDIR/evaluation.json. An existing report is never replaced silently: other settings go to
 evaluation_k{K}_n{N}_s{S}.json; the same settings again need --force. See docs/likelihood.md.
+
+A workdir of `--seeds` (WORKDIR/seed_K runs) has every seed evaluated (a seed's report with the
+same settings is reused) and their mean and spread written to WORKDIR/evaluation_seeds_*.json.
 """
 
 import argparse
@@ -38,8 +41,12 @@ def _run(args: argparse.Namespace) -> None:
   from vae_jax.research import evaluation  # pylint: disable=import-outside-toplevel
   settings = Settings(iw_samples=args.iw_samples, test_size=args.test_size, seed=args.seed,
                       chunk=args.chunk, batch=args.batch, data=args.data)
-  path, report = evaluation.evaluate_run(args.workdir, settings, force=args.force)
-  print(f"{evaluation.summary_line(report)}  -> {path}")
+  if evaluation.is_run(args.workdir):
+    path, report = evaluation.evaluate_run(args.workdir, settings, force=args.force)
+    print(f"{evaluation.summary_line(report)}  -> {path}")
+  else:
+    path, summary = evaluation.evaluate_seeds(args.workdir, settings, force=args.force)
+    print(f"{evaluation.seeds_summary_line(summary)}  -> {path}")
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,9 @@ IWAE paper's setting:
 
     python -m experiments.mnist_vae --model mlp --objective iwae --iw-samples 5 --binarize dynamic ...
 
+and its whole protocol (--lr-schedule burda --epochs 3280 --batch-size 20), several seeds at once
+into W/seed_K (--seeds 0,1,2 --workdir W): docs/iwae.md.
+
 See docs/flags.md for every flag and the outputs written to --workdir.
 """
 
@@ -34,8 +37,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--epochs", type=int, default=d.epochs)
   p.add_argument("--latent-dim", type=int, default=d.latent_dim)
   p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-  p.add_argument("--learning-rate", type=float, default=d.learning_rate)
-  p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument("--learning-rate", type=float, default=None,
+                 help=f"Adam's (default {d.learning_rate:g}; with --lr-schedule burda its fixed "
+                      "base 1e-3)")
+  p.add_argument("--lr-schedule", default=d.lr_schedule,
+                 help="constant (default) | burda: the IWAE paper's 3,280 epochs, 3^i at "
+                      "1e-3*10^(-i/7), plain Adam eps 1e-4 (vae_jax.training.schedules)")
+  p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+  p.add_argument("--seeds", type=_sizes, default=None, metavar="K,K,...",
+                 help="train these seeds one after another into WORKDIR/seed_K (instead of --seed)")
   p.add_argument("--train-size", type=int, default=d.train_size,
                  help="use only the first N training examples")
   p.add_argument("--binarize", choices=("threshold", "dynamic"), default=d.binarize,
@@ -68,10 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--loop", choices=("scan", "step"), default=d.loop,
                  help="scan: epochs as jitted lax.scan chunks; step: one jitted call per batch")
   p.add_argument("--steps-per-chunk", type=int, default=d.steps_per_chunk,
-                 help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
+                 help="batches per jitted lax.scan call (0: 100 rolled; 10 unrolled for conv models on CPU)")
   p.add_argument("--micro-batches", type=int, default=d.micro_batches,
                  help="split each step's batch into this many parts for the gradient "
-                      "(0: 2 on a single CPU device, else 1)")
+                      "(0: 2 on a single CPU device at batch >= 100, else 1)")
   p.add_argument("--parallel", choices=("auto", "none", "sharded", "pmap"), default=d.parallel)
   p.add_argument("--devices", type=int, default=d.devices,
                  help="data-parallel over this many devices (default: all visible)")
@@ -85,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--num-processes", type=int)
   p.add_argument("--process-id", type=int)
   args = p.parse_args(argv)
+  if args.seeds is not None and args.seed is not None:
+    p.error("--seed and --seeds exclude each other")
   for module in args.imports:
     try:
       importlib.import_module(module)
@@ -94,16 +106,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-  """The default Config with every field that has a flag of the same name set from it."""
+  """The default Config with every field that has a flag of the same name set from it; a flag
+  left unset (None) keeps the default, --learning-rate the schedule's own if it has one."""
+  from vae_jax.training import schedules  # pylint: disable=import-outside-toplevel
   fields = {f.name for f in dataclasses.fields(Config)}
-  return dataclasses.replace(get_config(), **{k: v for k, v in vars(args).items() if k in fields})
+  values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+  schedule = schedules.SCHEDULES.get(args.lr_schedule)
+  if args.learning_rate is None and schedule and schedule.learning_rate_default is not None:
+    values["learning_rate"] = schedule.learning_rate_default
+  return dataclasses.replace(get_config(), **values)
 
 
 def _run(args: argparse.Namespace) -> None:
   config = config_from_args(args)
   from vae_jax.training import parallel, run  # pylint: disable=import-outside-toplevel
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  run.train_and_evaluate(config, args.workdir, resume=args.resume)
+  if args.seeds is None:
+    run.train_and_evaluate(config, args.workdir, resume=args.resume)
+  else:
+    from vae_jax.training import seeds  # pylint: disable=import-outside-toplevel
+    seeds.train_seeds(config, args.workdir, args.seeds, resume=args.resume)
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,7 @@ from vae_jax import data as data_lib
 from vae_jax import interrupts
 from vae_jax.research import likelihood
 from vae_jax.training import run
+from vae_jax.training import workdir as workdir_lib
 from vae_jax.errors import UserError
 
 REPORT_FILE = "evaluation.json"
@@ -174,8 +175,33 @@ def _check_finite(terms: dict) -> None:
                         f"({bad.size} images in all)")
 
 
-def evaluate_run(workdir: str, settings: Settings, force: bool = False) -> tuple[str, dict]:
-  """Evaluates the run in `workdir` and writes its report; returns (report path, report)."""
+def is_run(workdir: str) -> bool:
+  """Whether `workdir` holds one run (its config), rather than a --seeds folder of runs."""
+  return os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+
+
+def _same_report(workdir: str, identity: dict) -> tuple[str, dict] | None:
+  """An existing report of exactly this identity in `workdir`, as (path, report), or None."""
+  named = "evaluation_k{iw_samples}_n{test_size}_s{seed}.json".format(**identity)
+  for name in (REPORT_FILE, named):
+    path = os.path.join(workdir, name)
+    try:
+      with open(path) as f:
+        report = json.load(f)
+      if all(report["settings"].get(key) == identity[key] for key in IDENTITY):
+        return path, report
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+      continue
+  return None
+
+
+def evaluate_run(workdir: str, settings: Settings, force: bool = False,
+                 reuse: bool = False) -> tuple[str, dict]:
+  """Evaluates the run in `workdir` and writes its report; returns (report path, report).
+
+  With `reuse` (and not `force`), an existing report of the same identity is returned as it is:
+  its numbers depend on nothing else.
+  """
   settings.validate()
   config, epoch, model = run.restore_model(workdir)
   spec = settings.data or config.data
@@ -191,6 +217,10 @@ def evaluate_run(workdir: str, settings: Settings, force: bool = False) -> tuple
   batch = min(settings.batch or default_batch(backend), n)
   identity = {"iw_samples": settings.iw_samples, "test_size": n, "seed": settings.seed,
               "data": spec, "binarize": method, "checkpoint_epoch": epoch}
+  if reuse and not force:
+    same = _same_report(workdir, identity)
+    if same is not None:
+      return same
   path = report_path(workdir, identity, force)
   stochastic = likelihood.is_stochastic(model, test_x[:1].astype(np.float32))
   partial = partial_path(workdir, identity)
@@ -234,3 +264,69 @@ def summary_line(report: dict) -> str:
           f"k={s['iw_samples']})  -ELBO {r['neg_elbo']:.2f}  KL {r['kl']:.2f}  rec {r['rec']:.2f}  "
           f"active units {r['active_units']}/{r['latent_dim']}  pixel error "
           f"{100 * r['pixel_error_rate']:.2f}%  ({where})")
+
+
+SEEDS_REPORT = "evaluation_seeds_k{iw_samples}_n{test_size}_s{seed}.json"
+
+
+def evaluate_seeds(workdir: str, settings: Settings, force: bool = False,
+                   progress=print) -> tuple[str, dict]:
+  """Evaluates every seed_K run in `workdir` (of `--seeds`) and writes their mean and spread.
+
+  Each seed's own report goes to its folder as for one run (one already there with the same
+  settings is reused); the summary, `evaluation_seeds_k{K}_n{N}_s{S}.json` in `workdir`, holds
+  every seed's numbers and, for each, the mean, the sample standard deviation, min and max. It is
+  derived from the seeds' reports alone and rewritten with them.
+  """
+  from vae_jax.training import seeds as seeds_lib  # pylint: disable=import-outside-toplevel
+  settings.validate()
+  runs = seeds_lib.seed_workdirs(workdir)
+  if not runs:
+    raise UserError(f"{workdir} holds no run ({workdir_lib.CONFIG_FILE} not found) and no "
+                    "seed_K runs of --seeds")
+  seeds_lib.check_same_run(runs)
+  per_seed = {}
+  for seed, path in runs:
+    report_file, report = evaluate_run(path, settings, force=force, reuse=True)
+    progress(f"seed {seed}: {summary_line(report)}  -> {report_file}")
+    per_seed[seed] = report
+  first = next(iter(per_seed.values()))["settings"]
+  summary = {"seeds": sorted(per_seed),
+             "settings": {k: v for k, v in first.items() if k != "checkpoint_epoch"},
+             "checkpoint_epochs": {str(s): r["settings"]["checkpoint_epoch"]
+                                   for s, r in per_seed.items()},
+             "results": _spread([r["results"] for r in per_seed.values()]),
+             "per_seed": {str(s): r["results"] for s, r in per_seed.items()}}
+  path = os.path.join(workdir, SEEDS_REPORT.format(iw_samples=settings.iw_samples,
+                                                   test_size=first["test_size"],
+                                                   seed=settings.seed))
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(json.dumps(summary, indent=2) + "\n")
+  os.replace(tmp, path)
+  return path, summary
+
+
+def _spread(results: list[dict]) -> dict:
+  """{name: {mean, sd, min, max}} of every number all the seeds' results have."""
+  out = {}
+  for name, value in results[0].items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    if not all(isinstance(r.get(name), (int, float)) for r in results):
+      continue
+    values = np.array([r[name] for r in results], np.float64)
+    out[name] = {"mean": float(values.mean()),
+                 "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                 "min": float(values.min()), "max": float(values.max())}
+  return out
+
+
+def seeds_summary_line(summary: dict) -> str:
+  """One line: the seeds' mean +- standard deviation of the headline numbers."""
+  r = summary["results"]
+  parts = [f"{len(summary['seeds'])} seeds ({','.join(map(str, summary['seeds']))})"]
+  for name, label in (("nll", "NLL"), ("neg_elbo", "-ELBO"), ("active_units", "active units")):
+    if name in r:
+      parts.append(f"{label} {r[name]['mean']:.2f} ± {r[name]['sd']:.2f}")
+  return ", ".join(parts) + " (mean ± sd over seeds)"

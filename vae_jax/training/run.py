@@ -242,7 +242,7 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
     checkpoints.remove_after(start_epoch)
     if host is not None:
       run.state = run.strategy.put_state(host)
-  elif _is_main():
+  if _is_main():  # on --resume too: the run now goes to config.epochs, perhaps on other devices
     workdir_lib.write_config(workdir, config)
   rows = [r for r in earlier_rows if r["epoch"] <= start_epoch]
   metrics_path = os.path.join(workdir, METRICS_FILE)

@@ -30,6 +30,7 @@ class Schedule:
   adam_eps: float | None = None  # plain optax.adam with this eps; None: train.keras_adam
   check: Callable[[Config], None] = lambda config: None  # raises UserError for what it refuses
   needs_steps_per_epoch: bool = False  # True: an optimizer built without it only inits
+  learning_rate_default: float | None = None  # --learning-rate when not given; None: Config's
 
 
 SCHEDULES: dict[str, Schedule] = {}
@@ -86,4 +87,4 @@ def _burda(config: Config, steps_per_epoch: int) -> LearningRate:
 
 
 register_schedule("burda", Schedule(_burda, adam_eps=1e-4, check=_check_burda,
-                                    needs_steps_per_epoch=True))
+                                    needs_steps_per_epoch=True, learning_rate_default=BURDA_BASE))
