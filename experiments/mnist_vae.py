@@ -133,4 +133,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  cli.start(main)
+  cli.start(main, supervised=True)

@@ -158,3 +158,34 @@ def test_cluster_environment_is_jax_detection(monkeypatch):
   monkeypatch.setenv("SLURM_NTASKS", "1")
   parallel.initialize_distributed(None, None, None)
   assert not jax.distributed.is_initialized()
+
+
+def test_lost_coordinator_ends_the_survivor_with_one_line(tmp_path, idx_dir):
+  """kill -9 of process 0, which hosts JAX's coordination service: JAX's C++ runtime aborts the
+  survivor, and its supervising parent (vae_jax.training.supervise) says so in one line."""
+  workdir = str(tmp_path / "run")
+  address = f"localhost:{_free_port()}"
+  children = [_cli(["experiments.mnist_vae", "--data", f"idx:{idx_dir}", *TINY, "--workdir",
+                    workdir, "--coordinator", address, "--num-processes", "2", "--process-id",
+                    str(i)], 1, f"{workdir}.p{i}") for i in range(2)]
+  try:
+    deadline = time.monotonic() + 600
+    while "epoch    1" not in _read(f"{workdir}.p0.out"):
+      assert children[0].poll() is None and time.monotonic() < deadline, _read(f"{workdir}.p0.err")
+      time.sleep(0.05)
+    os.kill(children[0].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    children[1].wait(timeout=BOUND_SECONDS + 60)
+    seconds = time.monotonic() - killed_at
+  finally:
+    for child in children:
+      child.kill()
+  err = _read(f"{workdir}.p1.err")
+  assert children[1].returncode == 2, err[-3000:]
+  assert seconds < BOUND_SECONDS
+  epoch = run.workdir_lib.last_complete_epoch(workdir)
+  assert epoch >= 1
+  assert err.splitlines() == [
+      "error: process 1 of 2: process 0, the coordinator, stopped responding (JAX's distributed "
+      f"service ended this process); the last complete checkpoint is epoch {epoch}; restart all "
+      "processes with --resume"], err[-3000:]

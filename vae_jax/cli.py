@@ -21,7 +21,7 @@ from typing import Callable, NoReturn
 
 from vae_jax import interrupts
 from vae_jax.errors import UserError, flush_std_streams, report
-from vae_jax.training import hugepages
+from vae_jax.training import hugepages, supervise
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,7 +59,13 @@ def main(command: Callable[[], int | None], safe_points: bool = False,
     return 2
 
 
-def start(entry: Callable[[], int]) -> NoReturn:
-  """The `if __name__ == "__main__":` line: huge pages, then `entry()`'s code, streams flushed."""
+def start(entry: Callable[[], int], supervised: bool = False) -> NoReturn:
+  """The `if __name__ == "__main__":` line: huge pages, then `entry()`'s code, streams flushed.
+
+  supervised: a process of a multi-process run runs under a supervising parent
+  (vae_jax.training.supervise), which turns JAX's C++ abort at a lost coordinator into one line.
+  """
+  if supervised:
+    supervise.maybe_supervise()  # first of all: the parent never returns from it
   hugepages.relaunch()  # first: glibc reads GLIBC_TUNABLES at start
   sys.exit(flush_std_streams(entry()))

@@ -24,7 +24,8 @@ import orbax.checkpoint as ocp
 from vae_jax.training import workdir
 from vae_jax.errors import UserError
 
-MANIFEST = "vae_jax_files.json"
+MANIFEST = workdir.MANIFEST
+complete_epochs = workdir.complete_epochs
 # tensorstore's words for I/O failures (orbax passes them on as ValueError)
 _IO_STATUS = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DATA_LOSS", "NOT_FOUND")
 
@@ -128,16 +129,6 @@ def _verify(step_dir: str) -> None:
       raise DamagedCheckpoint(f"{rel} has {os.path.getsize(path)} of its {size} bytes")
     if _crc32(path) != crc:
       raise DamagedCheckpoint(f"{rel} does not match its CRC-32")
-
-
-def complete_epochs(directory: str) -> list[int]:
-  """The epochs whose checkpoint under `directory` was written to the end (its manifest is there)."""
-  try:
-    names = os.listdir(directory)
-  except FileNotFoundError:
-    return []
-  return sorted(int(n) for n in names
-                if n.isdigit() and os.path.isfile(os.path.join(directory, n, MANIFEST)))
 
 
 class Checkpoints:

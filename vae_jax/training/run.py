@@ -15,9 +15,9 @@ from tqdm import tqdm
 from vae_jax import data as data_lib
 from vae_jax.nn import models, resolve
 from vae_jax import interrupts
-from vae_jax.training import parallel, pictures, tensorboard, train
+from vae_jax.training import parallel, pictures, supervise, tensorboard, train
 from vae_jax.training import workdir as workdir_lib
-from vae_jax.training.checkpoints import Checkpoints, complete_epochs
+from vae_jax.training.checkpoints import Checkpoints
 from vae_jax.config import Config
 from vae_jax.errors import UserError
 from vae_jax.training.workdir import CONFIG_FILE, METRICS_FILE
@@ -159,7 +159,7 @@ class _Run:
       bar.update(size)
 
     bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{c.epochs}", unit="batch",
-               leave=False, disable=None if _is_main() else True)
+               leave=False, disable=supervise.progress_disable() if _is_main() else True)
     start_time = time.perf_counter()
     compile_before = self.steps.compile_seconds
     for start in range(0, self.steps_per_epoch):
@@ -207,21 +207,15 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> li
     try:
       return _train_and_evaluate(config, workdir, resume)
     except jax.errors.JaxRuntimeError as e:
-      lost = parallel.lost_process(e, _last_complete_epoch(workdir))
+      lost = parallel.lost_process(e, workdir_lib.last_complete_epoch(workdir))
       if lost is None:
         raise
       raise lost from None
 
 
-def _last_complete_epoch(workdir: str) -> int:
-  """The newest epoch that a resumed run restores: its checkpoint complete, its metrics row written."""
-  rows = len(read_metrics(workdir))
-  return max((e for e in complete_epochs(os.path.join(workdir, "checkpoints")) if e <= rows),
-             default=0)
-
-
 def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict]:
   _prepare_workdir(config, workdir, resume)
+  supervise.tell(workdir, jax.process_index(), jax.process_count())
   earlier_rows = read_metrics(workdir)
   parallel.sync_processes("workdir read")  # by every process before any process writes to it
   dataset = data_lib.load(config.data).take_train(config.train_size)

@@ -17,6 +17,7 @@ from vae_jax.config import Config
 from vae_jax.errors import UserError
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+MANIFEST = "vae_jax_files.json"  # in each complete checkpoint (checkpoints.py)
 LOCK_FILE = ".lock"  # holds the running process's PID while it holds the flock
 
 
@@ -202,3 +203,23 @@ def read_rows(path: str) -> list[dict]:
 
 def write_rows(path: str, rows: list[dict]) -> None:
   write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------- checkpoints, without orbax
+
+def complete_epochs(directory: str) -> list[int]:
+  """The epochs whose checkpoint under `directory` was written to the end (its manifest is there)."""
+  try:
+    names = os.listdir(directory)
+  except FileNotFoundError:
+    return []
+  return sorted(int(n) for n in names
+                if n.isdigit() and os.path.isfile(os.path.join(directory, n, MANIFEST)))
+
+
+def last_complete_epoch(workdir: str) -> int:
+  """The newest epoch that a resumed run restores: its checkpoint complete, its metrics row written
+  (0: none). Reads files only, so a process without JAX (the supervisor) can say it too."""
+  rows = len(read_rows(os.path.join(workdir, METRICS_FILE)))
+  return max((e for e in complete_epochs(os.path.join(workdir, "checkpoints")) if e <= rows),
+             default=0)
