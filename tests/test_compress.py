@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import jax
 import numpy as np
 import pytest
 from scipy.special import ndtr, ndtri
@@ -238,3 +239,42 @@ def test_jbig_mosaic_is_the_images_row_major(digits):
   assert not canvas[56:, 28:].any()
   decoded = iio.imread(baselines.pbm(canvas), extension=".pbm")
   np.testing.assert_array_equal(decoded == 0, canvas == 1)  # PBM: 1 is black
+
+
+def test_bench_end_to_end_on_tiny_data(codec, workdirs, idx_dir, tmp_path):
+  """`bench` on 24 digits with a tiny model: every file decodes exactly, the bound is the
+  formula's value computed here in float64 numpy, JBIG is the baseline's own call, and the
+  pictures are written."""
+  from vae_jax.codec import bench  # pylint: disable=import-outside-toplevel
+  config, _, model = run.restore_model(workdirs[0])
+  spec = f"idx:{idx_dir}"
+  out = tmp_path / "bench"
+  out.mkdir()
+  report = bench.run("tiny", config, model, [], [spec], str(out), None, steps=(1.0, 4.0),
+                     pca_steps=(0.5, 2.0), command="test", ks=(1, 2), k_count=6)
+  entry = report["datasets"][0]
+  test = images.load(spec, "test")
+  assert entry["images"] == len(test) == 24
+  for part in ("bits_back", "context_alone", "vae_alone"):
+    assert entry[part]["exact"], part
+  assert all(r["exact"] for r in entry["rate_against_k"])
+  assert all(r["exact"] and r["context_alone"]["exact"] for r in entry["adversarial"].values())
+  # The bound: analytic KL + BCE at z = mean + sigma * eps, eps the bench's own draw, in numpy.
+  x = test.astype(np.float32)
+  mean, logvar = (np.asarray(a, np.float64) for a in model.encode(x))
+  eps = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(0), 0), mean.shape))
+  z = mean + np.exp(0.5 * logvar) * eps
+  logits = np.asarray(model.decode(z.astype(np.float32)), np.float64).reshape(len(x), -1)
+  flat = x.reshape(len(x), -1).astype(np.float64)
+  rec = np.sum(np.logaddexp(0.0, logits) - flat * logits, axis=1)
+  kl = 0.5 * np.sum(np.exp(logvar) + mean ** 2 - 1.0 - logvar, axis=1)
+  assert entry["bound"]["computed_nats"] == pytest.approx(float(np.mean(rec + kl)), rel=1e-5)
+  jbig = next(v for n, v in entry["baselines"].items() if n.startswith("JBIG"))
+  want = baselines.jbig_bytes(test)
+  assert (jbig is None and want is None) or jbig["bytes"] == want
+  # PCA: a coarser step costs fewer bytes and makes more pixel errors.
+  fine, coarse = entry["pca"]
+  assert coarse["bytes"] <= fine["bytes"] and coarse["pixel_error_rate"] >= fine["pixel_error_rate"]
+  for name in ("report.json", "report.md", "rd.png", "rate_k.png"):
+    assert (out / name).stat().st_size > 0, name
+  assert "![rate against k](rate_k.png)" in (out / "report.md").read_text()

@@ -266,10 +266,41 @@ def _same_data(spec: str, other: str) -> bool:
   return spec == other
 
 
+def plot_rate_against_k(entry: dict, path: str) -> None:
+  """rate_k.png: BB-IS net and whole-file bits/pixel against k, beside the IWAE-k bound and the
+  dataset's context coder and JBIG rates (whole test file), from one dataset entry of the report."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  rows = entry["rate_against_k"]
+  ks = [r["k"] for r in rows]
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  ax.plot(ks, [r["net_bits_per_pixel"] for r in rows], "o-", label="BB-IS net (chain growth)")
+  ax.plot(ks, [r["bits_per_pixel"] for r in rows], "s--", label="BB-IS whole file (initial bits in)")
+  if all("iwae_bits_per_pixel" in r for r in rows):
+    ax.plot(ks, [r["iwae_bits_per_pixel"] for r in rows], "^:", label="IWAE-k bound (float model)")
+  jbig = next((v for n, v in (entry.get("baselines") or {}).items() if n.startswith("JBIG")), None)
+  for name, value, style in (("context coder alone", entry.get("context_alone"), "-."),
+                             ("JBIG", jbig, ":")):
+    if value:
+      ax.axhline(value["bits_per_pixel"], color="grey", lw=1, ls=style,
+                 label=f"{name} ({value['bits_per_pixel']:.4f}, whole test file)")
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(ks, [str(k) for k in ks])
+  ax.set_xlabel("k (posterior samples per image)")
+  ax.set_ylabel("bits per pixel")
+  ax.set_title(f"Rate against k, first {entry['rate_against_k_images']:,} test images")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[str], out_dir: str,
         count: int | None, steps, pca_steps, command: str, ks=DEFAULT_KS,
         k_count: int = 1000, iwae=None) -> dict:
-  """Measures everything, writes report.json, report.md and rd.png into out_dir; returns the report."""
+  """Measures everything, writes report.json, report.md, rd.png and rate_k.png into out_dir; returns the report."""
   codec = Codec(model, config)
   report = {"command": command, "model": model_spec, "date": datetime.date.today().isoformat(),
             "machine": _machine(), "versions": _versions(), "commit": _commit(),
@@ -303,6 +334,7 @@ def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[st
       entry["adversarial"] = adversarial(codec, test)
       entry["rate_against_k"] = rate_against_k(codec, test[:k_count], ks, iwae)
       entry["rate_against_k_images"] = min(k_count, len(test))
+      plot_rate_against_k(entry, os.path.join(out_dir, "rate_k.png"))
       print(f"{spec}: rate-distortion", file=sys.stderr)
       entry["lossy"] = lossy_curve(codec, test, steps)
       train = images_lib.load(spec, "train")
@@ -393,7 +425,7 @@ def markdown(report: dict) -> str:
                 "the file adds its header.", ""]
     if "rate_against_k" in entry:
       lines += [f"### Importance-sampled bits-back (BB-IS), the VAE alone, first "
-                f"{entry['rate_against_k_images']:,} images", "",
+                f"{entry['rate_against_k_images']:,} images", "", "![rate against k](rate_k.png)", "",
                 "| k | net bits/pixel | IWAE-k bound (float model) | whole file bits/pixel | "
                 "initial bits | encode images/s | decode images/s | exact |",
                 "|---:|---:|---:|---:|---:|---:|---:|---|"]
