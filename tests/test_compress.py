@@ -225,10 +225,12 @@ def test_pretrained_export_builds_the_same_model(workdirs, tmp_path):
   assert files.Codec(model, config).fingerprint == files.Codec(m0, c0).fingerprint
 
 
-def test_the_shipped_model_loads():
-  config, model, rows = pretrained.load()
+@pytest.mark.parametrize("name", ["cvae_mnist", "cvae_fashion_mnist"])
+def test_the_shipped_models_load(name):
+  assert name in pretrained.available()
+  config, model, rows = pretrained.load(name)
   assert model.latent_dim == config.latent_dim == 50
-  assert rows[-1]["epoch"] == config.epochs
+  assert rows[-1]["epoch"] == config.epochs and config.binarize == "threshold"
 
 
 def test_jbig_mosaic_is_the_images_row_major(digits):
