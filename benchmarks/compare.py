@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batch-size", type=int, default=d.batch_size)
   p.add_argument("--latent-dim", type=int, default=d.latent_dim)
   p.add_argument("--steps", type=int, default=500, help="training steps timed in each throughput run")
+  p.add_argument("--steps-per-chunk", type=int, default=0,
+                 help="jax and keras_jax throughput runs: steps per compiled chunk (0: each one's "
+                      "default; a small chunk compiles fast, for smoke runs)")
   p.add_argument("--throughput-rounds", type=int, default=3,
                  help="JAX and TF throughput runs back to back this many times; the median ratio counts")
   p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -92,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     value = getattr(args, name)
     if value is not None and value < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+  if args.steps_per_chunk < 0:
+    p.error(f"--steps-per-chunk must be >= 0, got {args.steps_per_chunk}")
   if os.path.exists(args.out) and not (os.path.isdir(args.out) and not os.listdir(args.out)):
     p.error(f"--out {args.out} exists and is not an empty directory; choose a new one")
   try:  # fails here, before anything is written, rather than in the first run
@@ -191,7 +196,9 @@ def main(argv=None) -> int:
         run_logged(f"{name} throughput round {r + 1}", [
             py, "-m", "benchmarks.throughput", "--framework", name, *precision_flags[name],
             "--batch-size", str(args.batch_size), "--latent-dim", str(args.latent_dim),
-            "--steps", str(args.steps), "--out", path])
+            "--steps", str(args.steps), "--out", path,
+            *(["--steps-per-chunk", str(args.steps_per_chunk)]
+              if args.steps_per_chunk and name != "tf" else [])])
         with open(path) as f:
           throughput[name].append(json.load(f))
         print(f"  {name}: {throughput[name][-1]['images_per_sec']:,.0f} training images/s")
@@ -203,6 +210,7 @@ def main(argv=None) -> int:
               "seeds": list(range(args.seeds)), "batch_size": args.batch_size,
               "latent_dim": args.latent_dim, "learning_rate": get_config().learning_rate,
               "throughput_steps": args.steps, "throughput_rounds": args.throughput_rounds,
+              "throughput_steps_per_chunk": args.steps_per_chunk or "default",
               "frameworks": names}
   report = report_lib.build(
       rows, throughput, precision={n: precision[n] for n in names}, skipped=args.skipped,

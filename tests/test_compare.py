@@ -170,6 +170,7 @@ def test_a_report_needs_the_port_and_a_peer():
     (["--frameworks", "tf,jax"], "--frameworks must start with jax"),
     (["--frameworks", "jax"], "no peer to compare with (only jax given)"),
     (["--tf-precision", "float16"], "invalid choice: 'float16'"),
+    (["--steps-per-chunk", "-1"], "--steps-per-chunk must be >= 0"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, tmp_path, capsys):
   out = tmp_path / "new"
@@ -203,7 +204,8 @@ def test_refuses_a_non_empty_out_dir(tmp_path, capsys):
 def test_tiny_compare_end_to_end(tmp_path):
   out = tmp_path / "cmp"
   argv = ["--data", "mnist-5k", "--epochs", "1", "--train-size", "200", "--seeds", "1",
-          "--batch-size", "50", "--steps", "10", "--throughput-rounds", "1", "--out", str(out)]
+          "--batch-size", "50", "--steps", "2", "--steps-per-chunk", "1", "--throughput-rounds", "1",
+          "--out", str(out)]
   done = subprocess.run([sys.executable, "-m", "benchmarks.compare", *argv], capture_output=True,
                         text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -233,4 +235,6 @@ def test_tiny_compare_end_to_end(tmp_path):
     row = json.loads((out / name / "seed0" / "metrics.jsonl").read_text().splitlines()[0])
     assert set(ROW_KEYS) <= set(row), (name, row)
   for name in names:
-    assert json.loads((out / f"throughput_{name}_round1.json").read_text())["precision"] == "float32"
+    throughput = json.loads((out / f"throughput_{name}_round1.json").read_text())
+    assert throughput["precision"] == "float32"
+    assert throughput["steps_per_call"] == 1, name  # --steps-per-chunk 1 (TF: one step a call)
