@@ -106,8 +106,9 @@ np.save(sys.argv[3], images)
 """
 
 
-def test_bb_is_round_trip_in_two_processes(workdir, tmp_path):
-  run_py = lambda code, *a: subprocess.run([sys.executable, "-c", code, *a], cwd=ROOT,
+def test_bb_is_round_trip_in_two_processes(workdir, tmp_path, env):
+  # env: the decoder's process reads the programs the encoder's compiled from one cache
+  run_py = lambda code, *a: subprocess.run([sys.executable, "-c", code, *a], cwd=ROOT, env=env,
                                            capture_output=True, text=True, timeout=300)
   enc = run_py(_ENCODE, workdir, str(tmp_path / "f.vjz"), str(tmp_path / "x.npy"))
   assert enc.returncode == 0, enc.stderr

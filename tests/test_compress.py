@@ -49,8 +49,8 @@ def adversarial(digits01):
                          np.stack([checker, 1 - checker])])[..., None]
 
 
-def compress(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.compress", *args], cwd=ROOT,
+def compress(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "experiments.compress", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -61,7 +61,7 @@ def read_decoded(out_dir):
   return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w, 1)
 
 
-def test_round_trip_in_two_processes(workdirs, digits, tmp_path):
+def test_round_trip_in_two_processes(workdirs, digits, tmp_path, env):
   """Real digits and adversarial images, as a PNG directory: encoded by one process, decoded by
   another, every pixel back (the decoded IDX file reads back as the same images)."""
   expected = np.concatenate([data.binarize(digits[1][:6])[..., None],
@@ -71,10 +71,11 @@ def test_round_trip_in_two_processes(workdirs, digits, tmp_path):
   for i, image in enumerate(expected):
     iio.imwrite(png_dir / f"{i:02d}.png", image[..., 0] * 255)
   encoded = compress("encode", "--model", workdirs[0], "--data", str(png_dir),
-                     "--out", str(tmp_path / "a.vjz"))
+                     "--out", str(tmp_path / "a.vjz"), env=env)
   assert encoded.returncode == 0, encoded.stderr
   assert "16 images" in encoded.stdout and "bits/pixel" in encoded.stdout and "images/s" in encoded.stdout
-  decoded = compress("decode", str(tmp_path / "a.vjz"), "--model", workdirs[0], "--out", str(tmp_path / "out"))
+  decoded = compress("decode", str(tmp_path / "a.vjz"), "--model", workdirs[0], "--out",
+                     str(tmp_path / "out"), env=env)
   assert decoded.returncode == 0, decoded.stderr
   np.testing.assert_array_equal(read_decoded(tmp_path / "out") // 255, expected)
   np.testing.assert_array_equal(images.load(f"idx:{tmp_path / 'out' / images.IDX_NAME}"), expected)
