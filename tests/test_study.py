@@ -334,9 +334,9 @@ def test_write_report_from_a_synthetic_results_dict(tmp_path):
 
 # ---------------------------------------------------------------- the command's errors
 
-def _study(*args, timeout=300):
+def _study(*args, timeout=300, env=None):
   return subprocess.run([sys.executable, "-m", "experiments.autoencoder_study", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+                        env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_an_unknown_model_is_named_before_anything_is_written(tmp_path):
@@ -355,11 +355,12 @@ def test_a_focus_size_outside_the_latent_sizes_is_refused(tmp_path):
   assert result.stderr.strip() == "error: --focus-latent 16 is not one of --latent-sizes (2, 8)"
 
 
-def test_the_quick_study_end_to_end_answers_the_four_claims_and_reuses_its_runs(tmp_path, idx_dir):
+def test_the_quick_study_end_to_end_answers_the_four_claims_and_reuses_its_runs(tmp_path, idx_dir,
+                                                                                env):
   out = tmp_path / "study"
   args = ("--data", f"idx:{idx_dir}", "--out", str(out), "--quick", "--models", "cvae,conv_ae",
           "--losses", "bce,l2", "--denoise-models", "conv_ae", "--num-samples", "64")
-  first = _study(*args, timeout=900)
+  first = _study(*args, timeout=900, env=env)  # env: the second run reads the first's programs
   assert first.returncode == 0, first.stderr[-2000:]
   with open(out / "report.json") as f:
     report = json.load(f)
@@ -376,7 +377,7 @@ def test_the_quick_study_end_to_end_answers_the_four_claims_and_reuses_its_runs(
     assert os.path.getsize(out / picture) > 0, picture
   assert "## The four claims" in (out / "report.md").read_text()
 
-  second = _study(*args, timeout=900)
+  second = _study(*args, timeout=900, env=env)
   assert second.returncode == 0, second.stderr[-2000:]
   with open(out / "report.json") as f:
     again = json.load(f)
