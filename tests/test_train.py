@@ -78,6 +78,23 @@ def test_resume_ends_with_the_same_parameters(reference_run, cfg, tmp_path):
     np.testing.assert_array_equal(g, w)
 
 
+def test_resume_stops_when_another_process_has_no_checkpoint(reference_run, cfg, tmp_path,
+                                                             monkeypatch):
+  """The resume agreement: a process whose checkpoints all fail to restore says so to the others
+  (epoch -1) before it raises, so none of them waits for it; each refuses with one line and
+  leaves the workdir as it was."""
+  workdir = str(tmp_path / "run")
+  run.train_and_evaluate(dataclasses.replace(cfg, epochs=1), workdir)
+  before = _outputs(workdir), sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  told = []
+  monkeypatch.setattr(run.parallel, "min_max_over_processes",
+                      lambda v: (told.append(v), (-1, v))[1])  # another process sent -1
+  with pytest.raises(UserError, match="another process found no checkpoint that restores"):
+    run.train_and_evaluate(cfg, workdir, resume=True)
+  assert told == [1]  # this process restored epoch 1 and said so
+  assert (_outputs(workdir), sorted(os.listdir(os.path.join(workdir, "checkpoints")))) == before
+
+
 def _outputs(workdir):
   """Modification times of a workdir's files (the lock file is every run's, not an output)."""
   return {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)

@@ -228,9 +228,17 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
   if resume:  # the newest checkpoint that restores on every process and has its metrics row
     like, at_most = run.strategy.host_state(run.state), len(earlier_rows)
     while True:
-      start_epoch, host = checkpoints.restore_newest(like, run.strategy.replicated,
-                                                     at_most=at_most)
+      try:
+        start_epoch, host, failed = *checkpoints.restore_newest(
+            like, run.strategy.replicated, at_most=at_most), None
+      except UserError as e:  # told to the others first, so that none waits for this process
+        start_epoch, host, failed = -1, None, e
       at_most, newest = parallel.min_max_over_processes(start_epoch)
+      if failed is not None:
+        raise failed
+      if at_most < 0:
+        raise UserError("--resume: another process found no checkpoint that restores (its own "
+                        "error says why); nothing was changed")
       if at_most == newest:
         break
     checkpoints.remove_after(start_epoch)
