@@ -64,6 +64,36 @@ def test_relay_drops_the_runtime_lines_of_the_abort():
   assert got == "epoch    3 done\n" and fatal
 
 
+GLOG_W_GRPC = (  # one record over three lines, as the runtime wrote it when the coordinator died
+    "W1203 08:47:37.338473   23800 preemption_sync_manager.cc:147] Failed to retrieve preemption "
+    "notice from coordination service: UNAVAILABLE: Socket closed\n"
+    "Additional GRPC error information from remote target coordination_service while calling "
+    "/xla.coordination.CoordinationService/GetKeyValue:\n"
+    ":UNKNOWN:Error received from peer  {grpc_status:14, grpc_message:\"Socket closed\"}. This is "
+    "only expected if one of the tasks is unhealthy. Check the logs for the actual root cause.\n")
+
+
+def test_relay_drops_a_record_whose_message_goes_on_over_several_lines():
+  text = "epoch    1 done\n" + GLOG_W_GRPC + GLOG_E + GLOG_F
+  for size in (3, 64, len(text)):
+    got, fatal = _relay([text[i:i + size] for i in range(0, len(text), size)], aborted=True)
+    assert got == "epoch    1 done\n" and fatal, size
+
+
+def test_relay_ends_a_record_at_a_quiet_moment():
+  out = io.StringIO()
+  relay = supervise._Relay(out)  # pylint: disable=protected-access
+  relay.feed(GLOG_W_GRPC)
+  assert out.getvalue() == "" and relay.in_record  # held: it may still be the abort
+  relay.quiet()
+  relay.feed("epoch    2 done\n")  # output of the job: the record was not the abort
+  assert out.getvalue() == GLOG_W_GRPC + "epoch    2 done\n"
+  relay.feed("epoch 3/3:  50%|#####")  # and what follows passes at once again
+  assert out.getvalue().endswith("epoch 3/3:  50%|#####")
+  relay.finish(aborted=False)
+  assert not relay.fatal
+
+
 def _workdir(tmp_path, rows: int, checkpoints: list[int], manifest: list[int]) -> str:
   d = tmp_path / "run"
   (d / "checkpoints").mkdir(parents=True)
@@ -98,6 +128,8 @@ CHILD = textwrap.dedent("""
     supervise.tell(sys.argv[2], 1, 2)
     print("epoch    1", flush=True)
     sys.stderr.write({glog_e!r})
+    sys.stderr.flush()
+    time.sleep(4 * supervise.RECORD_QUIET_S)  # the record has ended: what follows is not its part
     sys.stderr.write("a line of its own\\n")
     sys.stderr.flush()
     if mode == "abort":

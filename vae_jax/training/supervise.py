@@ -6,8 +6,9 @@ process because the JAX distributed service detected fatal errors", a stack trac
 Python cannot catch that. So the main job, when it is one process of several (`--coordinator`,
 or a cluster launcher's environment), runs itself as a child of a small parent that imports no
 JAX (`maybe_supervise`, called first by `cli.start`). The parent relays the child's output,
-holds back the runtime's log lines (glog format) until a line of another kind follows them, and
-when the child ends in that abort it drops them and prints one line instead:
+holds back the runtime's log records (glog format: a headed line and the lines its message goes
+on over, which arrive with it) until output of another kind follows them, and when the child ends
+in that abort it drops them and prints one line instead:
 
     error: process 1 of 2: process 0, the coordinator, stopped responding; the last complete
     checkpoint is epoch 3; restart all processes with --resume
@@ -26,6 +27,7 @@ import ctypes
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -46,6 +48,8 @@ GLOG_PREFIX = re.compile(r"[IWEF](\d{0,4}|\d{4} [\d:.]*|\d{4} \d\d:\d\d:\d\d\.\d
 # Environments of cluster launchers that start one process per task (their task count).
 CLUSTER_SIZES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# A log record's message lines arrive together; after this long without output it has ended.
+RECORD_QUIET_S = 0.25
 
 
 def wanted(argv: list[str], env) -> bool:
@@ -93,12 +97,17 @@ def _die_with_parent() -> None:
 
 
 class _Relay:
-  """Copies the child's stderr to ours, holding glog lines back until another kind of line
-  follows (then they are written, in order) or the child has ended (then `finish` decides)."""
+  """Copies the child's stderr to ours, holding glog records back until another kind of line
+  follows (then they are written, in order) or the child has ended (then `finish` decides).
+
+  A record is its headed line and the lines after it up to the next quiet moment (`quiet`): the
+  runtime writes a message over several lines (gRPC's "Additional GRPC error information ...")
+  at once, and those lines carry no head of their own."""
 
   def __init__(self, out):
     self.out, self.held, self.partial, self.passing = out, [], "", False
     self.fatal = False
+    self.in_record = False  # a glog record began and no quiet moment has passed since
 
   def feed(self, text: str) -> None:
     text = self.partial + text
@@ -111,8 +120,8 @@ class _Relay:
         text = text[end:]
         continue
       end = text.find("\n") + 1
-      if not end:  # no line end yet: write it now unless it may still become a glog line
-        if self._may_be_glog(text):
+      if not end:  # no line end yet: write it now unless it may still be held
+        if self.in_record or self._may_be_glog(text):
           self.partial = text
         else:
           self._write(text)
@@ -126,10 +135,19 @@ class _Relay:
     return self.fatal or GLOG_START.match(text) is not None or (
         len(text) < 512 and GLOG_PREFIX.fullmatch(text) is not None)
 
+  def quiet(self) -> None:
+    """No output came for a while: the record being held has ended."""
+    self.in_record = False
+    if self.partial and not self._may_be_glog(self.partial):
+      self._write(self.partial)  # e.g. a progress bar begun right after a record
+      self.passing, self.partial = True, ""
+
   def _line(self, line: str) -> None:
     if FATAL_MARK in line:
       self.fatal = True
-    if self.fatal or GLOG_START.match(line):
+    if GLOG_START.match(line):
+      self.in_record = True
+    if self.fatal or self.in_record:
       self.held.append(line)
     else:
       self._write(line)
@@ -186,8 +204,12 @@ def supervise(command: list[str]) -> int:
     relay = _Relay(sys.stderr)
     try:
       while True:
+        fd = child.stderr.fileno()
         try:
-          chunk = os.read(child.stderr.fileno(), 65536)
+          if relay.in_record and not select.select([fd], [], [], RECORD_QUIET_S)[0]:
+            relay.quiet()
+            continue
+          chunk = os.read(fd, 65536)
         except InterruptedError:
           continue
         if not chunk:
