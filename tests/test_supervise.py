@@ -80,6 +80,30 @@ def test_relay_drops_a_record_whose_message_goes_on_over_several_lines():
     assert got == "epoch    1 done\n" and fatal, size
 
 
+def test_relay_drops_the_records_that_the_childs_own_error_line_follows():
+  """The survivor's failed collective ends it with its own line; the runtime's records of the
+  same loss came just before it (CI saw this order) and are not part of what the user sees."""
+  glog_e_barrier = ("E1203 16:53:17.863393    9347 preemption_sync_manager.cc:159] Failed to "
+                    "cancel preemption barrier: FAILED_PRECONDITION\n")
+  line = ("error: process 0 of 2 stopped responding; the last complete checkpoint is epoch 1; "
+          "restart all processes with --resume\n")
+  records = "epoch    1 done\n" + GLOG_W_GRPC + glog_e_barrier
+  for size in (1, 3, 64, len(records)):
+    out = io.StringIO()
+    relay = supervise._Relay(out)  # pylint: disable=protected-access
+    for i in range(0, len(records), size):
+      relay.feed(records[i:i + size])
+    relay.quiet()  # the records ended; the line comes later, maybe cut into reads
+    for i in range(0, len(line), size):
+      relay.feed(line[i:i + size])
+      relay.quiet()
+    relay.finish(aborted=False)
+    assert out.getvalue() == "epoch    1 done\n" + line and not relay.fatal, size
+  # A line that only begins like one is output of the job: the records before it stay.
+  got, _ = _relay([GLOG_E, "e", "rrors so far: 0\n"], aborted=False)
+  assert got == GLOG_E + "errors so far: 0\n"
+
+
 def test_relay_ends_a_record_at_a_quiet_moment():
   out = io.StringIO()
   relay = supervise._Relay(out)  # pylint: disable=protected-access

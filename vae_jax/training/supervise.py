@@ -7,8 +7,9 @@ Python cannot catch that. So the main job, when it is one process of several (`-
 or a cluster launcher's environment), runs itself as a child of a small parent that imports no
 JAX (`maybe_supervise`, called first by `cli.start`). The parent relays the child's output,
 holds back the runtime's log records (glog format: a headed line and the lines its message goes
-on over, which arrive with it) until output of another kind follows them, and when the child ends
-in that abort it drops them and prints one line instead:
+on over, which arrive with it) until output of another kind follows them; when the child's own
+one-line error follows them, or the child ends in that abort, it drops them, and for the abort
+prints one line instead:
 
     error: process 1 of 2: process 0, the coordinator, stopped responding; the last complete
     checkpoint is epoch 3; restart all processes with --resume
@@ -50,6 +51,7 @@ CLUSTER_SIZES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # A log record's message lines arrive together; after this long without output it has ended.
 RECORD_QUIET_S = 0.25
+ERROR_HEAD = "error: "  # how the main job's one-line errors begin (vae_jax.cli)
 
 
 def wanted(argv: list[str], env) -> bool:
@@ -102,7 +104,11 @@ class _Relay:
 
   A record is its headed line and the lines after it up to the next quiet moment (`quiet`): the
   runtime writes a message over several lines (gRPC's "Additional GRPC error information ...")
-  at once, and those lines carry no head of their own."""
+  at once, and those lines carry no head of their own.
+
+  Records held when the child's own one-line error follows ("error: ...", e.g. the lost process
+  its failed collective named) are dropped: they are the runtime's account of what that line
+  says, and the line is to be the whole of stderr."""
 
   def __init__(self, out):
     self.out, self.held, self.partial, self.passing = out, [], "", False
@@ -121,7 +127,7 @@ class _Relay:
         continue
       end = text.find("\n") + 1
       if not end:  # no line end yet: write it now unless it may still be held
-        if self.in_record or self._may_be_glog(text):
+        if self.in_record or self._may_be_glog(text) or self._may_be_error(text):
           self.partial = text
         else:
           self._write(text)
@@ -135,10 +141,15 @@ class _Relay:
     return self.fatal or GLOG_START.match(text) is not None or (
         len(text) < 512 and GLOG_PREFIX.fullmatch(text) is not None)
 
+  def _may_be_error(self, text: str) -> bool:
+    """Whether a line begun with `text` is, or may still become, the child's one-line error."""
+    return bool(self.held) and (text.startswith(ERROR_HEAD) or ERROR_HEAD.startswith(text))
+
   def quiet(self) -> None:
     """No output came for a while: the record being held has ended."""
     self.in_record = False
-    if self.partial and not self._may_be_glog(self.partial):
+    if self.partial and not self._may_be_glog(self.partial) and not self._may_be_error(
+        self.partial):
       self._write(self.partial)  # e.g. a progress bar begun right after a record
       self.passing, self.partial = True, ""
 
@@ -147,6 +158,8 @@ class _Relay:
       self.fatal = True
     if GLOG_START.match(line):
       self.in_record = True
+    elif line.startswith(ERROR_HEAD) and not self.fatal:
+      self.held, self.in_record = [], False  # the line says what the records were about
     if self.fatal or self.in_record:
       self.held.append(line)
     else:
