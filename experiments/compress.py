@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "png:DIR / idx:FILE (28x28; the last tenth held out)")
   fit.add_argument("--out", required=True, help="the new model folder (its run: OUT.run)")
   fit.add_argument("--resume", action="store_true", help="continue the fit's run in OUT.run")
+  fit.add_argument("--model", default="cvae", choices=("cvae", "cvae_context"),
+                   help="cvae (the tutorial's) or cvae_context (also a learned logit per "
+                        "pixel's causal context: better rates, pixel-by-pixel decoding)")
   fit.add_argument("--epochs", type=int, default=100)
   fit.add_argument("--batch-size", type=int, default=100)
   fit.add_argument("--latent-dim", type=int, default=50)
@@ -155,12 +158,13 @@ def _negative_iwae(model, images01, k: int, batch: int = 100) -> float:
 def _fit(args) -> None:
   from vae_jax import pretrained  # pylint: disable=import-outside-toplevel
   from vae_jax.codec import fit  # pylint: disable=import-outside-toplevel
-  workdir = fit.fit(args.data, args.out, args.resume, epochs=args.epochs,
+  workdir = fit.fit(args.data, args.out, args.resume, model=args.model, epochs=args.epochs,
                     batch_size=args.batch_size, latent_dim=args.latent_dim,
                     learning_rate=args.learning_rate, objective=args.objective,
                     iw_samples=args.iw_samples, seed=args.seed)
   command = "python -m experiments.compress " + shlex.join(
-      ["fit", "--data", args.data, "--out", args.out, "--epochs", str(args.epochs),
+      ["fit", "--data", args.data, "--out", args.out, "--model", args.model,
+       "--epochs", str(args.epochs),
        "--batch-size", str(args.batch_size), "--latent-dim", str(args.latent_dim),
        "--learning-rate", str(args.learning_rate), "--objective", args.objective,
        "--iw-samples", str(args.iw_samples), "--seed", str(args.seed)])

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax.nn import losses
+from vae_jax.nn import losses, models
 from vae_jax.codec import baselines, container, context, images as images_lib, lossy
 from vae_jax.codec.files import Codec
 from vae_jax.codec.tables import cpu_device
@@ -53,7 +53,7 @@ def computed_negative_elbo(model: nnx.Module, images01: np.ndarray, pixel_bits: 
     m = nnx.merge(graphdef, state)
     mean, logvar = m.encode(x)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-    x_logits = m.decode(z)
+    x_logits = models.likelihood_logits(m, z, x)
     kl = losses.kl_analytic(mean, logvar)
     rec = -losses.bernoulli_log_likelihood(x_logits, x)
     rec_clamped = -losses.bernoulli_log_likelihood(jnp.clip(x_logits, -limit, limit), x)

@@ -151,12 +151,33 @@ class _BatchModel:
     """q(z|x) rows for `repeat` latents per image, image-major (as constriction takes them)."""
     return np.repeat(posterior[:, None], repeat, 1).reshape(-1, self.buckets).astype(np.float64)
 
-  def pixels(self, z_bl: np.ndarray) -> np.ndarray:
-    return self.tables.pixels(z_bl, self.shape)
+  def pixels(self, z_bl: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return self.tables.pixels(z_bl, self.shape, x)
+
+  def push_pixels(self, coder, x: np.ndarray, pixels: np.ndarray) -> None:
+    """x under its tables, so that `pop_pixels` pops it: image by image, or for a context model
+    position by position (its decoder needs every image's earlier pixels first)."""
+    probabilities = pixels.reshape(len(x), -1)
+    symbols = x.reshape(len(x), -1)
+    if self.tables.context:
+      probabilities, symbols = probabilities.T, symbols.T
+    coder.encode_reverse(np.ascontiguousarray(symbols).reshape(-1).astype(np.int32), _PIXEL,
+                         _pixel_probabilities(np.ascontiguousarray(probabilities),
+                                              self.p.pixel_bits))
+
+  def pop_pixels(self, coder, z_j: np.ndarray) -> np.ndarray:
+    if self.tables.context:
+      one = float(1 << self.p.pixel_bits)
+      pop = lambda k: np.asarray(coder.decode(_PIXEL, k.astype(np.float64) / one), np.int64)
+      return self.tables.decode_pixels(z_j, self.shape, pop)
+    pixels = self.pixels(z_j, None)
+    x = coder.decode(_PIXEL, _pixel_probabilities(pixels, self.p.pixel_bits))
+    return x.astype(np.uint8).reshape((len(z_j),) + IMAGE_SHAPE)
 
   def weights(self, posterior, z_bkl, x) -> np.ndarray:
     """(B, k) integer importance weights from the k latents' tables (one call of shape*k rows)."""
-    pixels = self.tables.pixels(z_bkl.reshape(-1, z_bkl.shape[-1]), self.shape * self.k)
+    pixels = self.tables.pixels(z_bkl.reshape(-1, z_bkl.shape[-1]), self.shape * self.k,
+                                np.repeat(x, self.k, 0))
     return importance.categorical_weights(
         importance.log_weights(posterior, z_bkl, pixels, x, self.p.pixel_bits))
 
@@ -203,7 +224,7 @@ def encode_chain(tables: ModelTables, images: np.ndarray, settings: Settings, co
     else:
       j, back_j = np.zeros(size, np.int64), np.zeros(size)
     z_j = z[np.arange(size), j]
-    pixels = batch.pixels(z_j)
+    pixels = batch.pixels(z_j, x)
     bits = image_bits(posterior.reshape(size * tables.latent_dim, -1), z_j, pixels, x, p) \
         + back_j + np.log2(k)
     if accept is not None:
@@ -214,8 +235,7 @@ def encode_chain(tables: ModelTables, images: np.ndarray, settings: Settings, co
         continue
     if k > 1:
       coder.encode_reverse(_others(z, j).reshape(-1), _POSTERIOR, batch.rows(posterior, k - 1))
-    coder.encode_reverse(x.reshape(-1).astype(np.int32), _PIXEL,
-                         _pixel_probabilities(pixels, p.pixel_bits))
+    batch.push_pixels(coder, x, pixels)
     coder.encode_reverse(z_j.reshape(-1), prior)
     if k > 1:
       coder.encode_reverse(j.astype(np.int32), constriction.stream.model.Uniform(k))
@@ -237,9 +257,7 @@ def decode_chain(tables: ModelTables, coder, count: int, settings: Settings,
     j = (np.asarray(coder.decode(constriction.stream.model.Uniform(k), size), np.int64) if k > 1
          else np.zeros(size, np.int64))
     z_j = np.asarray(coder.decode(prior, size * tables.latent_dim)).reshape(size, -1)
-    pixels = batch.pixels(z_j)
-    x = coder.decode(_PIXEL, _pixel_probabilities(pixels, p.pixel_bits))
-    x = x.astype(np.uint8).reshape((size,) + IMAGE_SHAPE)
+    x = batch.pop_pixels(coder, z_j)
     posterior = batch.posterior(x)
     if k > 1:
       others = np.asarray(coder.decode(_POSTERIOR, batch.rows(posterior, k - 1)))
@@ -274,7 +292,7 @@ def estimate_bits(tables: ModelTables, images: np.ndarray, settings: Settings,
     cdf = np.cumsum(posterior, -1)
     r = (rng.random(len(cdf)) * cdf[:, -1]).astype(np.int64)
     z = (cdf <= r[:, None]).sum(-1).astype(np.int32)
-    pixels = tables.pixels(z.reshape(b * k, -1), settings.max_batch)
+    pixels = tables.pixels(z.reshape(b * k, -1), settings.max_batch, np.repeat(x, k, 0))
     bits = image_bits(posterior, z, pixels, np.repeat(x, k, 0), p).reshape(b, k)
     low = bits.min(-1)
     out[start:start + b] = low - np.log2(np.mean(np.exp2(low[:, None] - bits), -1))

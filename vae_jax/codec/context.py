@@ -77,6 +77,10 @@ def _positions(h: int, w: int) -> np.ndarray:
 
 
 _WEIGHTS = (1 << np.arange(len(TEMPLATE))).astype(np.int64)
+# The template's geometry for other modules (the context model, its decoder): rows above and
+# columns on each side it reaches, each pixel's place in the zero-padded canvas, the template's
+# offsets there.
+max_reach, canvas_positions, canvas_offsets = _pad, _positions, _offsets
 
 
 def contexts(images01: np.ndarray) -> np.ndarray:

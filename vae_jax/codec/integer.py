@@ -45,6 +45,7 @@ INV_STD_BITS = 20          # exp(-logvar / 2) in units of 2^-20
 U_BITS, U_MAX = 10, 6      # standardized edges (e - mean) / std in units of 2^-10, clipped to +-6
 CDF_BITS = 28              # Phi(u) in units of 2^-28
 LOGIT_BITS, LOGIT_MAX = 8, 18   # pixel logits in units of 2^-8, clipped to +-18
+RAW_LOGIT_MAX = 1 << 20    # a logit before a context term is added, clipped to +-4096
 SIGMOID_BITS = 24          # sigmoid(logit) in units of 2^-24
 Z_BITS, Z_MAX = 12, 16     # decoder inputs in units of 2^-12, clipped to +-16
 MAX_LATENT_BITS = 12
@@ -203,14 +204,38 @@ def posterior(encoder, x_u8, latent_bits: int, posterior_bits: int):
   return (jnp.floor(mass * scale) + 1).astype(jnp.int32)
 
 
-def pixels(decoder, z_index, latent_bits: int, pixel_bits: int):
-  """(B, pixels) int32 P(x = 1 | bucket centres) in units of 2^-pixel_bits, from the sigmoid
-  table at the logits in units of 2^-LOGIT_BITS."""
+def raw_logits(decoder, z_index, latent_bits: int):
+  """(B, pixels) int32 logits at the bucket centres in units of 2^-LOGIT_BITS, clipped only to
+  +-RAW_LOGIT_MAX (a context term is added before the sigmoid's clip)."""
   t = tables()
   z_q = jnp.asarray(t[f"centres_{latent_bits}"], jnp.float64)[z_index]
   acc = _decoder_acc(decoder, z_q)
   logit = jnp.floor(acc * _channels(decoder["logit_multiplier"], acc) + 0.5)
-  logit = jnp.clip(logit, -LOGIT_MAX << LOGIT_BITS, LOGIT_MAX << LOGIT_BITS).astype(jnp.int32)
+  return jnp.clip(logit, -RAW_LOGIT_MAX, RAW_LOGIT_MAX).astype(jnp.int32)
+
+
+def context_logits(table: np.ndarray) -> np.ndarray:
+  """A context model's float table (`vae_jax.nn.cvae_context`) as int64 logits in units of
+  2^-LOGIT_BITS: float32 -> float64 is exact and the rounding IEEE-754's, so the same everywhere."""
+  ints = np.rint(np.asarray(table, np.float32).astype(np.float64) * (1 << LOGIT_BITS))
+  return np.clip(ints, -RAW_LOGIT_MAX, RAW_LOGIT_MAX).astype(np.int64)
+
+
+def probabilities_np(logit: np.ndarray, pixel_bits: int) -> np.ndarray:
+  """`pixels`' last steps in numpy integers: P(x = 1) in units of 2^-pixel_bits at integer logits
+  (any int array, clipped to +-LOGIT_MAX here)."""
+  index = np.clip(np.asarray(logit, np.int64), -LOGIT_MAX << LOGIT_BITS, LOGIT_MAX << LOGIT_BITS)
+  p = tables()["sigmoid"][index + (LOGIT_MAX << LOGIT_BITS)]
+  shift = SIGMOID_BITS - pixel_bits
+  return np.clip((p + (1 << (shift - 1))) >> shift, 1, (1 << pixel_bits) - 1)
+
+
+def pixels(decoder, z_index, latent_bits: int, pixel_bits: int):
+  """(B, pixels) int32 P(x = 1 | bucket centres) in units of 2^-pixel_bits, from the sigmoid
+  table at the logits in units of 2^-LOGIT_BITS."""
+  t = tables()
+  logit = raw_logits(decoder, z_index, latent_bits)
+  logit = jnp.clip(logit, -LOGIT_MAX << LOGIT_BITS, LOGIT_MAX << LOGIT_BITS)
   p = jnp.asarray(t["sigmoid"], jnp.float64)[logit + (LOGIT_MAX << LOGIT_BITS)]
   p = jnp.floor(p * 2.0 ** (pixel_bits - SIGMOID_BITS) + 0.5)
   return jnp.clip(p, 1, (1 << pixel_bits) - 1).astype(jnp.int32)

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from scipy.special import ndtri
 
-from vae_jax.codec import integer
+from vae_jax.codec import context, integer
 from vae_jax.errors import UserError
 
 # Config fields that change the function a model computes, with the values configs without the
@@ -52,6 +52,9 @@ def fingerprint(model: nnx.Module, config) -> bytes:
   h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode())
   if integer.supports(model):
     h.update(integer.identity())
+  if getattr(model, "autoregressive", False):
+    h.update(f"context logits {context.TEMPLATE} clip {integer.RAW_LOGIT_MAX}, pixels "
+             "position-major".encode())
   for path, leaf in sorted(nnx.to_flat_state(nnx.state(model, nnx.Param)),
                            key=lambda item: tuple(map(str, item[0]))):
     array = np.asarray(leaf[...])
@@ -135,6 +138,13 @@ class ModelTables:
     self.latent_dim = int(model.latent_dim)
     self.stochastic = bool(getattr(model, "stochastic", True))
     self.portable = integer.supports(model) if portable is None else portable
+    # A context model (`vae_jax.nn.cvae_context`): P(x_i = 1) also depends on x's earlier pixels,
+    # through its table folded to integer logits added to the integer network's.
+    self.context = bool(getattr(model, "autoregressive", False))
+    if self.context and not self.portable:
+      raise UserError(f"{type(model).__name__} is coded with its integer networks only")
+    self.context_ints = (integer.context_logits(model.context_table[...]) if self.context
+                         else None)
     graphdef, state = nnx.split(model)
     p = precision
     self._float = jax.device_put(state, cpu_device())
@@ -152,6 +162,8 @@ class ModelTables:
                                                   posterior_bits=p.posterior_bits)), encoder),
           "pixels": (jax.jit(functools.partial(integer.pixels, latent_bits=p.latent_bits,
                                                pixel_bits=p.pixel_bits)), decoder),
+          "raw_logits": (jax.jit(functools.partial(integer.raw_logits,
+                                                   latent_bits=p.latent_bits)), decoder),
           "mode_image": (jax.jit(integer.mode_image), decoder)})
     else:
       self._fns.update({
@@ -191,9 +203,41 @@ class ModelTables:
     self._require_stochastic()
     return self._run("posterior", x_u8, shape)
 
-  def pixels(self, z_index: np.ndarray, shape: int) -> np.ndarray:
-    """(b, pixels) int32: P(x = 1 | bucket centres) in units of 2^-pixel_bits."""
-    return self._run("pixels", z_index.astype(np.int32), shape)
+  def pixels(self, z_index: np.ndarray, shape: int, x: np.ndarray | None = None) -> np.ndarray:
+    """(b, pixels) int32: P(x = 1 | bucket centres) in units of 2^-pixel_bits; for a context
+    model, of the images x (b, 28, 28, 1) at their own earlier pixels."""
+    if not self.context:
+      return self._run("pixels", z_index.astype(np.int32), shape)
+    if x is None:
+      raise ValueError("a context model's pixel tables need the images")
+    logits = self.raw_logits(z_index, shape)
+    ctx = context.contexts(x.reshape(x.shape[0], *x.shape[1:3]).astype(np.int64))
+    return self.context_probabilities(logits + self.context_ints[ctx]).astype(np.int32)
+
+  def raw_logits(self, z_index: np.ndarray, shape: int) -> np.ndarray:
+    """(b, pixels) int64 integer-network logits, before a context term (context models)."""
+    return self._run("raw_logits", z_index.astype(np.int32), shape).astype(np.int64)
+
+  def context_probabilities(self, logits: np.ndarray) -> np.ndarray:
+    """P(x = 1) in units of 2^-pixel_bits at integer logits (numpy integers, any shape)."""
+    return integer.probabilities_np(logits, self.precision.pixel_bits)
+
+  def decode_pixels(self, z_index: np.ndarray, shape: int, pop) -> np.ndarray:
+    """A context model's images (b, 28, 28, 1) uint8 at latents z_index, popped pixel position
+    by pixel position in raster order: pop(P(x = 1) in units of 2^-pixel_bits, one per image)
+    -> the b bits at that position."""
+    logits = self.raw_logits(z_index, shape)
+    b, n = logits.shape
+    h, w = 28, n // 28
+    pr, pc = context.max_reach()
+    positions = context.canvas_positions(h, w)
+    offsets = context.canvas_offsets(w)
+    weights = (1 << np.arange(len(context.TEMPLATE))).astype(np.int64)
+    canvas = np.zeros((b, (h + pr) * (w + 2 * pc)), np.int64)
+    for i, pos in enumerate(positions):
+      ctx = canvas[:, pos + offsets] @ weights
+      canvas[:, pos] = pop(self.context_probabilities(logits[:, i] + self.context_ints[ctx]))
+    return canvas[:, positions].astype(np.uint8).reshape(b, h, w, 1)
 
   def means(self, x_u8: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
     """(b, latent_dim) float32 posterior means and standard deviations (a deterministic
@@ -202,4 +246,7 @@ class ModelTables:
 
   def mode_image(self, z: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
     """The decoder's most probable image (b, pixels) uint8 at latents z, and its logits."""
+    if self.context:
+      raise UserError("lossy coding takes a model without a context term (cvae); this one "
+                      "codes losslessly only")
     return self._run("mode_image", z.astype(np.float32), shape)

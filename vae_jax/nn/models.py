@@ -89,6 +89,9 @@ class Model(nnx.Module):
   # True: q(z|x) is encode's one diagonal Gaussian and p(z) = N(0, I), so the analytic KL, free
   # bits and the codec apply; False: only `latent` defines q and p (several stochastic layers).
   gaussian_latent: bool = True
+  # True: p(x|z) also conditions on the image's own earlier pixels, so likelihoods call
+  # decode(z, x=x) (`likelihood_logits`); decode(z) alone then generates the image.
+  autoregressive: bool = False
   # Config fields the model reads besides latent_dim and dtype: setting any other
   # architecture field away from its default is refused at validation (see Config.validate).
   settings: tuple[str, ...] = ()
@@ -117,7 +120,7 @@ class Model(nnx.Module):
     decodes: (x_logits, z, mean, logvar)."""
     mean, logvar = self.encode(x_BHWC)
     z = reparameterize_with_eps(eps_BxL, mean, logvar) if self.stochastic else mean
-    return self.decode(z), z, mean, logvar
+    return likelihood_logits(self, z, x_BHWC), z, mean, logvar
 
   @property
   def noise_dim(self) -> int:
@@ -139,6 +142,14 @@ class Model(nnx.Module):
         raise ValueError("sample needs a jax.random key or eps_BxL")
       eps_BxL = jax.random.normal(key, (n, self.latent_dim))
     return self.decode(eps_BxL, apply_sigmoid=True)
+
+
+def likelihood_logits(model, z, x):
+  """Logits of p(x|z) for the image x: `decode(z, x=x)` for an autoregressive model (x has z's
+  batch), else `decode(z)`."""
+  if getattr(model, "autoregressive", False):
+    return model.decode(z, x=x)
+  return model.decode(z)
 
 
 def one_gaussian_layer(posterior, eps) -> Latent:

@@ -85,7 +85,7 @@ def elbo(model, x, key_B, ctx: Context):
   c = ctx.config
   posterior = model.posterior(ctx.x_input)
   latent = model.latent(posterior, per_example_normal(key_B, (model.noise_dim,)))
-  rec = -losses.bernoulli_log_likelihood(model.decode(latent.z), x)
+  rec = -losses.bernoulli_log_likelihood(models.likelihood_logits(model, latent.z, x), x)
   if c.kl == "mc":
     kl = latent.log_q() - latent.log_p()
   else:  # one Gaussian layer under N(0, I) (resolve.check refuses the others)
@@ -113,8 +113,9 @@ def iwae(model, x, key_B, ctx: Context):
   batch = x.shape[0]
   latent = model.latent(model.posterior(ctx.x_input),
                         per_example_normal(key_B, (k, model.noise_dim)))
-  x_logits = model.decode(latent.z.reshape(batch * k, -1))
-  log_px = losses.bernoulli_log_likelihood(x_logits, jnp.repeat(x, k, axis=0)).reshape(batch, k)
+  x_k = jnp.repeat(x, k, axis=0)
+  x_logits = models.likelihood_logits(model, latent.z.reshape(batch * k, -1), x_k)
+  log_px = losses.bernoulli_log_likelihood(x_logits, x_k).reshape(batch, k)
   kl = latent.log_q() - latent.log_p()
   log_w = log_px - ctx.kl_weight * kl
   bound = jax.nn.logsumexp(log_w, axis=1) - math.log(k)

@@ -74,7 +74,8 @@ def _sample_terms(graphdef, state, x, index_B, key, k: int, chunk: int):
   def one_chunk(c):
     eps = sample_noise(key, index_B, c * chunk + jnp.arange(chunk), noise_dim)  # (B, S, N)
     latent = latent_fn(posterior, eps)
-    x_logits = model.decode(latent.z.reshape(batch * chunk, -1))
+    x_logits = models.likelihood_logits(model, latent.z.reshape(batch * chunk, -1),
+                                        jnp.repeat(x, chunk, axis=0))
     log_px_z = _bernoulli_log_prob(x_logits.reshape(batch, chunk, -1), x_Bx1xD)
     return log_px_z + latent.log_p() - latent.log_q(), log_px_z
 
@@ -122,7 +123,8 @@ def _evaluate_vae(graphdef, state, x, index_B, key, k, chunk):
   # The seed's one-sample Monte Carlo ELBO, with noise of its own.
   eps = sample_noise(elbo_key, index_B, jnp.zeros(1, jnp.int32), noise_dim)[:, 0]
   latent = latent_fn(posterior, eps)
-  neg_elbo_mc1 = (-losses.bernoulli_log_likelihood(model.decode(latent.z), x)
+  rec_mc1 = -losses.bernoulli_log_likelihood(models.likelihood_logits(model, latent.z, x), x)
+  neg_elbo_mc1 = (rec_mc1
                   + (latent.log_q() - latent.log_p()))
   # E_q[z_i|x] of each layer, for the active units: exact for the first, over samples above it.
   means = latent_fn(posterior, sample_noise(jax.random.fold_in(key, 2), index_B,
