@@ -22,12 +22,9 @@ import math
 
 import numpy as np
 
-# JBIG2's generic-region template 0 with its adaptive pixels at their default places: 16 pixels,
-# 4% below JBIG's 10-pixel template on the MNIST test set (0.1473 against 0.1536 bits/pixel)
-TEMPLATE = ((-2, -2), (-2, -1), (-2, 0), (-2, 1), (-2, 2),
-            (-1, -3), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (-1, 3),
-            (0, -4), (0, -3), (0, -2), (0, -1))
-CONTEXTS = 1 << len(TEMPLATE)
+from vae_jax import template
+
+from vae_jax.template import CONTEXTS, TEMPLATE  # noqa: F401  (the coder's template)
 PROB_BITS = 16
 FLOOR_BITS = 10
 _ONE = 1 << PROB_BITS
@@ -51,44 +48,11 @@ def blocks(count: int, largest: int = 256, ramp: int = 4) -> list[tuple[int, int
   return out
 
 
-def _pad() -> tuple[int, int]:
-  """Rows above and columns on each side the template reaches."""
-  return max(-dr for dr, _ in TEMPLATE), max(abs(dc) for _, dc in TEMPLATE)
-
-
-def _offsets(width: int) -> np.ndarray:
-  """Template positions relative to a pixel in the padded canvas."""
-  _, pc = _pad()
-  return np.array([dr * (width + 2 * pc) + dc for dr, dc in TEMPLATE], np.int64)
-
-
-def _canvas(images01: np.ndarray) -> np.ndarray:
-  b, h, w = images01.shape
-  pr, pc = _pad()
-  canvas = np.zeros((b, h + pr, w + 2 * pc), np.int64)
-  canvas[:, pr:, pc:pc + w] = images01
-  return canvas
-
-
-def _positions(h: int, w: int) -> np.ndarray:
-  """Each pixel's flat index in the padded canvas, in raster order."""
-  pr, pc = _pad()
-  return ((np.arange(h)[:, None] + pr) * (w + 2 * pc) + np.arange(w)[None, :] + pc).reshape(-1)
-
-
-_WEIGHTS = (1 << np.arange(len(TEMPLATE))).astype(np.int64)
-# The template's geometry for other modules (the context model, its decoder): rows above and
-# columns on each side it reaches, each pixel's place in the zero-padded canvas, the template's
-# offsets there.
+_pad, _offsets, _canvas, _positions = (template.max_reach, template.canvas_offsets,
+                                       template.canvas, template.canvas_positions)
 max_reach, canvas_positions, canvas_offsets = _pad, _positions, _offsets
-
-
-def contexts(images01: np.ndarray) -> np.ndarray:
-  """(B, H*W) context index of every pixel of (B, H, W) {0,1} images, in raster order."""
-  b, h, w = images01.shape
-  flat = _canvas(images01).reshape(b, -1)
-  pos = _positions(h, w)
-  return flat[:, pos[:, None] + _offsets(w)[None, :]] @ _WEIGHTS
+contexts = template.contexts
+_WEIGHTS = template.WEIGHTS
 
 
 def p_one(n0: np.ndarray, n1: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae_jax.codec import context as context_coder
+from vae_jax import template as context_coder
 from vae_jax.nn import models
 
 HW = models.IMAGE_SHAPE[:2]
