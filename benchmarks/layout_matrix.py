@@ -327,7 +327,9 @@ def markdown(report: dict) -> str:
             "`tests/test_data.py` checks `batch_stack`'s rows). The matrix checks the outcome: a "
             "process feeding another process's rows, or all of them, would change the gradients "
             "and the metrics.",
-            "", "Each run's log is in `logs/`, its metrics rows in `metrics/`."]
+            "", "Each run's log is in `logs/`, its metrics rows in `metrics/`. The data set and "
+            "the workdirs named in the commands were in a temporary directory, removed at the end "
+            "(`--keep-workdirs` keeps the workdirs)."]
   return "\n".join(lines) + "\n"
 
 
