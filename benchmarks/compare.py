@@ -142,13 +142,7 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-  found = {"python": platform.python_version()}
-  for name in PACKAGES:
-    try:
-      found[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      found[name] = None
-  return found
+  return report_lib.versions(PACKAGES)
 
 
 def main(argv=None) -> int:

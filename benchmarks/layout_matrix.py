@@ -17,16 +17,12 @@ DIR/logs and its metrics rows in DIR/metrics. Exits 1 if any layout fails.
 
 import argparse
 import datetime
-import gzip
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -34,6 +30,7 @@ import time
 
 import numpy as np
 
+from benchmarks import report as report_lib
 from vae_jax import cli
 from vae_jax.errors import UserError
 
@@ -87,13 +84,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------ the data set
 
-def _write_idx(path: str, array: np.ndarray, magic: int) -> None:
-  """A uint8 array as a gzipped IDX file (the MNIST format), as tests/conftest.py writes it."""
-  header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
-
-
 def write_data(directory: str, train_size: int, test_size: int) -> str:
   """The first train_size / test_size digits of mnist-5k as the four MNIST files (labels 0)."""
   from vae_jax import data as data_lib  # pylint: disable=import-outside-toplevel
@@ -104,13 +94,8 @@ def write_data(directory: str, train_size: int, test_size: int) -> str:
   if train_size > len(ds.train_images) or test_size > len(ds.test_images):
     raise UserError(f"mnist-5k has {len(ds.train_images)} train / {len(ds.test_images)} test "
                     f"digits; asked for {train_size} / {test_size}")
-  os.makedirs(directory, exist_ok=True)
-  for split, images in (("train", ds.train_images[:train_size, ..., 0]),
-                        ("t10k", ds.test_images[:test_size, ..., 0])):
-    _write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images, 2051)
-    _write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"),
-               np.zeros(len(images), np.uint8), 2049)
-  return directory
+  return data_lib.write_idx_dir(directory, ds.train_images[:train_size, ..., 0],
+                               ds.test_images[:test_size, ..., 0])
 
 
 # ------------------------------------------------------------ runs
@@ -257,13 +242,7 @@ def machine() -> str:
 
 
 def versions() -> dict:
-  found = {"python": platform.python_version()}
-  for name in PACKAGES:
-    try:
-      found[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      found[name] = None
-  return found
+  return report_lib.versions(PACKAGES)
 
 
 def code_state() -> dict:

@@ -4,8 +4,10 @@ The port ("jax") is set against each peer that ran: the TensorFlow tutorial ("tf
 Keras model on Keras 3 with the JAX backend ("keras_jax").
 """
 
+import importlib.metadata
 import json
 import os
+import platform
 
 import numpy as np
 
@@ -16,6 +18,17 @@ THROUGHPUT = ("images_per_sec", "compile_seconds", "step_ms_median", "step_ms_p9
               "eval_images_per_sec", "peak_rss_mib", "device_peak_mib", "device", "steps_timed",
               "steps_per_call")
 SINGLE_SEED_NATS = 1.0  # a peer's "spread" when it has one seed: its final test ELBO +- this
+
+
+def versions(packages) -> dict:
+  """Python's version and each package's (None where it is not installed)."""
+  found = {"python": platform.python_version()}
+  for name in packages:
+    try:
+      found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      found[name] = None
+  return found
 
 
 def spread(curves) -> dict:

@@ -106,8 +106,9 @@ np.save(sys.argv[3], images)
 """
 
 
-def test_bb_is_round_trip_in_two_processes(workdir, tmp_path, env):
-  # env: the decoder's process reads the programs the encoder's compiled from one cache
+def round_trip_in_two_processes(workdir, tmp_path, env) -> None:
+  """10 test digits, VAE only, k = 4: encoded by one process, decoded by another, every pixel
+  back. env: the decoder's process reads the programs the encoder's compiled from one cache."""
   run_py = lambda code, *a: subprocess.run([sys.executable, "-c", code, *a], cwd=ROOT, env=env,
                                            capture_output=True, text=True, timeout=300)
   enc = run_py(_ENCODE, workdir, str(tmp_path / "f.vjz"), str(tmp_path / "x.npy"))
@@ -115,5 +116,9 @@ def test_bb_is_round_trip_in_two_processes(workdir, tmp_path, env):
   dec = run_py(_DECODE, workdir, str(tmp_path / "f.vjz"), str(tmp_path / "y.npy"))
   assert dec.returncode == 0, dec.stderr
   np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.load(tmp_path / "x.npy"))
+
+
+def test_bb_is_round_trip_in_two_processes(workdir, tmp_path, env):
+  round_trip_in_two_processes(workdir, tmp_path, env)
   assert bitsback.Settings.unpack(__import__("vae_jax.codec.container", fromlist=["parse"])
                                   .parse((tmp_path / "f.vjz").read_bytes(), "f").settings).samples == 4

@@ -136,14 +136,8 @@ def workdir(tmp_path_factory):
 
 def test_round_trip_in_two_processes(workdir, tmp_path, env):
   """BB-IS (k = 4) with the VAE forced, encoded in one process and decoded in another."""
-  from test_codec_bbis import _DECODE, _ENCODE  # pylint: disable=import-outside-toplevel
-  run_py = lambda code, *a: subprocess.run([sys.executable, "-c", code, *a], cwd=ROOT, env=env,
-                                           capture_output=True, text=True, timeout=300)
-  enc = run_py(_ENCODE, workdir, str(tmp_path / "f.vjz"), str(tmp_path / "x.npy"))
-  assert enc.returncode == 0, enc.stderr
-  dec = run_py(_DECODE, workdir, str(tmp_path / "f.vjz"), str(tmp_path / "y.npy"))
-  assert dec.returncode == 0, dec.stderr
-  np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.load(tmp_path / "x.npy"))
+  from test_codec_bbis import round_trip_in_two_processes  # pylint: disable=import-outside-toplevel
+  round_trip_in_two_processes(workdir, tmp_path, env)
 
 
 def test_lossy_is_refused_with_one_line(workdir, idx_dir, tmp_path):

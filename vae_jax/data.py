@@ -108,6 +108,25 @@ def read_idx(path: str, magic: int) -> np.ndarray:
   return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
+def write_idx(path: str, array: np.ndarray, magic: int) -> None:
+  """A uint8 array as one gzipped IDX file: images (N, rows, cols) with magic 2051, labels (N,)
+  with 2049."""
+  array = np.ascontiguousarray(array, np.uint8)
+  with gzip.open(path, "wb") as f:
+    f.write(struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes())
+
+
+def write_idx_dir(directory: str, train_u8: np.ndarray, test_u8: np.ndarray) -> str:
+  """The four standard MNIST-format files for (N, rows, cols) uint8 train and test images in
+  `directory` (made if missing), every label 0; returns the directory."""
+  os.makedirs(directory, exist_ok=True)
+  for split, images in (("train", train_u8), ("t10k", test_u8)):
+    write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images, _IMAGES_MAGIC)
+    write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"),
+              np.zeros(len(images), np.uint8), _LABELS_MAGIC)
+  return directory
+
+
 def load_idx_dir(directory: str) -> Dataset:
   """The four standard MNIST-format files (train-/t10k- images/labels) in `directory`."""
   if not os.path.isdir(directory):

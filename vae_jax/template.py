@@ -41,6 +41,17 @@ def canvas_positions(h: int, w: int) -> np.ndarray:
 WEIGHTS = (1 << np.arange(len(TEMPLATE))).astype(np.int64)
 
 
+def decode_raster(b: int, h: int, w: int, next_bits) -> np.ndarray:
+  """(b, h, w) uint8 images made pixel by pixel in raster order: next_bits(i, contexts) gets pixel
+  i's (b,) context indices from the pixels made before it and returns its b bits."""
+  pr, pc = max_reach()
+  padded = np.zeros((b, (h + pr) * (w + 2 * pc)), np.int64)
+  positions, offsets = canvas_positions(h, w), canvas_offsets(w)
+  for i, p in enumerate(positions):
+    padded[:, p] = next_bits(i, padded[:, p + offsets] @ WEIGHTS)
+  return padded[:, positions].reshape(b, h, w).astype(np.uint8)
+
+
 def contexts(images01: np.ndarray) -> np.ndarray:
   """(B, H*W) context index of every pixel of (B, H, W) {0,1} images, in raster order."""
   b, h, w = images01.shape

@@ -176,8 +176,8 @@ class _BatchModel:
 
   def weights(self, posterior, z_bkl, x) -> np.ndarray:
     """(B, k) integer importance weights from the k latents' tables (one call of shape*k rows)."""
-    pixels = self.tables.pixels(z_bkl.reshape(-1, z_bkl.shape[-1]), self.shape * self.k,
-                                np.repeat(x, self.k, 0))
+    pixels = self.tables.pixels(z_bkl.reshape(-1, z_bkl.shape[-1]), self.shape * self.k, x,
+                                repeat=self.k)
     return importance.categorical_weights(
         importance.log_weights(posterior, z_bkl, pixels, x, self.p.pixel_bits))
 
@@ -292,7 +292,7 @@ def estimate_bits(tables: ModelTables, images: np.ndarray, settings: Settings,
     cdf = np.cumsum(posterior, -1)
     r = (rng.random(len(cdf)) * cdf[:, -1]).astype(np.int64)
     z = (cdf <= r[:, None]).sum(-1).astype(np.int32)
-    pixels = tables.pixels(z.reshape(b * k, -1), settings.max_batch, np.repeat(x, k, 0))
+    pixels = tables.pixels(z.reshape(b * k, -1), settings.max_batch, x, repeat=k)
     bits = image_bits(posterior, z, pixels, np.repeat(x, k, 0), p).reshape(b, k)
     low = bits.min(-1)
     out[start:start + b] = low - np.log2(np.mean(np.exp2(low[:, None] - bits), -1))

@@ -48,11 +48,7 @@ def blocks(count: int, largest: int = 256, ramp: int = 4) -> list[tuple[int, int
   return out
 
 
-_pad, _offsets, _canvas, _positions = (template.max_reach, template.canvas_offsets,
-                                       template.canvas, template.canvas_positions)
-max_reach, canvas_positions, canvas_offsets = _pad, _positions, _offsets
 contexts = template.contexts
-_WEIGHTS = template.WEIGHTS
 
 
 def p_one(n0: np.ndarray, n1: np.ndarray) -> np.ndarray:
@@ -106,19 +102,17 @@ class Counts:
 
   def decode(self, pop, b: int, h: int, w: int) -> np.ndarray:
     """(b, h, w) images popped pixel by pixel: pop(P(1) array of b) returns b bits."""
-    pr, pc = _pad()
-    canvas = np.zeros((b, (h + pr) * (w + 2 * pc)), np.int64)
-    pos, offsets = _positions(h, w), _offsets(w)
     # each image's own counts so far, which never exceed its pixel count
     own = np.zeros((b, CONTEXTS, 2), np.int16 if h * w < 1 << 15 else np.int32)
     rows = np.arange(b)
-    for p in pos:
-      c = canvas[:, p + offsets] @ _WEIGHTS
+
+    def next_bits(_, c):
       n = self.n[c] + own[rows, c]
       x = np.asarray(pop(probabilities(p_one(n[:, 0], n[:, 1]))), np.int64)
-      canvas[:, p] = x
       own[rows, c, x] += 1
-    return canvas.reshape(b, h + pr, w + 2 * pc)[:, pr:, pc:pc + w].astype(np.uint8)
+      return x
+
+    return template.decode_raster(b, h, w, next_bits)
 
 
 def flag_weights(counts: np.ndarray) -> np.ndarray:

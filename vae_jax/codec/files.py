@@ -99,7 +99,7 @@ class Codec:
     for shape, pixel_rows in sorted(rows):
       tables.posterior(np.zeros((shape,) + IMAGE_SHAPE, np.uint8), shape)
       tables.pixels(np.zeros((pixel_rows, tables.latent_dim), np.int32), pixel_rows,
-                    np.zeros((pixel_rows,) + IMAGE_SHAPE, np.uint8))
+                    np.zeros((shape,) + IMAGE_SHAPE, np.uint8), repeat=pixel_rows // shape)
     return tables.compile_seconds - start
 
   def encode_lossless(self, images: np.ndarray, show_progress: bool = False,

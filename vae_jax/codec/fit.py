@@ -50,19 +50,8 @@ def _dataset_spec(spec: str, directory: str, resume: bool) -> str:
   held = max(1, len(x) // HELD_OUT)
   if os.path.exists(directory):
     raise UserError(f"{directory} exists (an earlier fit's data): pass --resume or remove it")
-  os.makedirs(directory)
   x255 = x[..., 0] * np.uint8(255)
-  for name, part in (("train", x255[:-held]), ("t10k", x255[-held:])):
-    images_lib.write_idx(os.path.join(directory, f"{name}-images-idx3-ubyte.gz"), part)
-    _write_labels(os.path.join(directory, f"{name}-labels-idx1-ubyte.gz"), len(part))
-  return "idx:" + directory
-
-
-def _write_labels(path: str, n: int) -> None:
-  import gzip  # pylint: disable=import-outside-toplevel
-  import struct  # pylint: disable=import-outside-toplevel
-  with gzip.open(path, "wb") as f:
-    f.write(struct.pack(">II", 2049, n) + bytes(n))
+  return "idx:" + data.write_idx_dir(directory, x255[:-held], x255[-held:])
 
 
 def workdir_for(out_dir: str) -> str:

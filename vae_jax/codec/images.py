@@ -6,10 +6,8 @@ a PNG mosaic of the first 100.
 """
 
 import glob
-import gzip
 import os
 import shutil
-import struct
 import tempfile
 
 import imageio.v3 as iio
@@ -91,9 +89,7 @@ def load(spec: str, split: str = "test", count: int | None = None) -> np.ndarray
 
 def write_idx(path: str, images_u8: np.ndarray) -> None:
   """Gzipped IDX images file (N, rows, cols) of uint8 values."""
-  array = np.ascontiguousarray(images_u8.reshape(len(images_u8), *images_u8.shape[1:3]), np.uint8)
-  with gzip.open(path, "wb") as f:
-    f.write(struct.pack(">IIII", _IMAGES_MAGIC, *array.shape) + array.tobytes())
+  data.write_idx(path, images_u8.reshape(len(images_u8), *images_u8.shape[1:3]), _IMAGES_MAGIC)
 
 
 def preview(images01: np.ndarray, limit: int = 100) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 from scipy.special import ndtri
 
+from vae_jax import template
 from vae_jax.codec import context, integer
 from vae_jax.errors import UserError
 
@@ -203,15 +204,18 @@ class ModelTables:
     self._require_stochastic()
     return self._run("posterior", x_u8, shape)
 
-  def pixels(self, z_index: np.ndarray, shape: int, x: np.ndarray | None = None) -> np.ndarray:
+  def pixels(self, z_index: np.ndarray, shape: int, x: np.ndarray | None = None,
+             repeat: int = 1) -> np.ndarray:
     """(b, pixels) int32: P(x = 1 | bucket centres) in units of 2^-pixel_bits; for a context
-    model, of the images x (b, 28, 28, 1) at their own earlier pixels."""
+    model, of the images x (b / repeat, 28, 28, 1) at their own earlier pixels, each image's rows
+    `repeat` consecutive rows of z_index."""
     if not self.context:
       return self._run("pixels", z_index.astype(np.int32), shape)
     if x is None:
       raise ValueError("a context model's pixel tables need the images")
     logits = self.raw_logits(z_index, shape)
-    ctx = context.contexts(x.reshape(x.shape[0], *x.shape[1:3]).astype(np.int64))
+    ctx = np.repeat(context.contexts(x.reshape(x.shape[0], *x.shape[1:3]).astype(np.int64)),
+                    repeat, 0)
     return self.context_probabilities(logits + self.context_ints[ctx]).astype(np.int32)
 
   def raw_logits(self, z_index: np.ndarray, shape: int) -> np.ndarray:
@@ -228,16 +232,10 @@ class ModelTables:
     -> the b bits at that position."""
     logits = self.raw_logits(z_index, shape)
     b, n = logits.shape
-    h, w = 28, n // 28
-    pr, pc = context.max_reach()
-    positions = context.canvas_positions(h, w)
-    offsets = context.canvas_offsets(w)
-    weights = (1 << np.arange(len(context.TEMPLATE))).astype(np.int64)
-    canvas = np.zeros((b, (h + pr) * (w + 2 * pc)), np.int64)
-    for i, pos in enumerate(positions):
-      ctx = canvas[:, pos + offsets] @ weights
-      canvas[:, pos] = pop(self.context_probabilities(logits[:, i] + self.context_ints[ctx]))
-    return canvas[:, positions].astype(np.uint8).reshape(b, h, w, 1)
+    images = template.decode_raster(
+        b, 28, n // 28,
+        lambda i, ctx: pop(self.context_probabilities(logits[:, i] + self.context_ints[ctx])))
+    return images[..., None]
 
   def means(self, x_u8: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
     """(b, latent_dim) float32 posterior means and standard deviations (a deterministic
