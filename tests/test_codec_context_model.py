@@ -165,3 +165,17 @@ def test_shipped_context_model_codes_digits_exactly_and_shorter(digits):
     np.testing.assert_array_equal(back, x)
     sizes[name] = len(raw)
   assert sizes["cvae_context_mnist"] < 0.95 * sizes["cvae_mnist"], sizes
+
+
+def test_bench_codes_exactly_and_skips_the_lossy_curve(workdir, idx_dir, tmp_path):
+  from vae_jax.codec import bench  # pylint: disable=import-outside-toplevel
+  config, _, model = run.restore_model(workdir)
+  report = bench.run("tiny context", config, model, [], [f"idx:{idx_dir}"], str(tmp_path), None,
+                     steps=(1.0,), pca_steps=(1.0,), command="test", ks=(1, 2), k_count=4)
+  entry = report["datasets"][0]
+  for part in ("bits_back", "context_alone", "vae_alone"):
+    assert entry[part]["exact"], part
+  assert all(r["exact"] for r in entry["rate_against_k"])
+  assert "lossy" not in entry and "no lossy mode" in entry["lossy_skipped"]
+  assert "no lossy mode" in (tmp_path / "report.md").read_text()
+  assert not (tmp_path / "rd.png").exists() and (tmp_path / "rate_k.png").stat().st_size > 0

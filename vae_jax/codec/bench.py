@@ -335,13 +335,17 @@ def run(model_spec: str, config, model, metrics: list[dict], data_specs: list[st
       entry["rate_against_k"] = rate_against_k(codec, test[:k_count], ks, iwae)
       entry["rate_against_k_images"] = min(k_count, len(test))
       plot_rate_against_k(entry, os.path.join(out_dir, "rate_k.png"))
-      print(f"{spec}: rate-distortion", file=sys.stderr)
-      entry["lossy"] = lossy_curve(codec, test, steps)
-      train = images_lib.load(spec, "train")
-      entry["pca"] = [{**r, "components": model.latent_dim}
-                      for r in pca_curve(train, test, model.latent_dim, pca_steps)]
-      plot(entry["lossy"], entry["pca"], entry["bits_back"]["bits_per_image"],
-           entry["bound"].get("metrics_nats", computed) / LN2, os.path.join(out_dir, "rd.png"))
+      if getattr(model, "autoregressive", False):
+        entry["lossy_skipped"] = ("no rate-distortion curve: a context model has no lossy mode "
+                                  "(its pixels depend on the pixels decoded before them)")
+      else:
+        print(f"{spec}: rate-distortion", file=sys.stderr)
+        entry["lossy"] = lossy_curve(codec, test, steps)
+        train = images_lib.load(spec, "train")
+        entry["pca"] = [{**r, "components": model.latent_dim}
+                        for r in pca_curve(train, test, model.latent_dim, pca_steps)]
+        plot(entry["lossy"], entry["pca"], entry["bits_back"]["bits_per_image"],
+             entry["bound"].get("metrics_nats", computed) / LN2, os.path.join(out_dir, "rd.png"))
     report["datasets"].append(entry)
   report["load_average_end"] = os.getloadavg()
   with open(os.path.join(out_dir, "report.json"), "w") as f:
@@ -438,6 +442,8 @@ def markdown(report: dict) -> str:
       lines += ["", "Net: what the chain charges per image (the stack's growth, from the integer "
                 "tables), without the initial bits, which grow with k (a batch pops k latents per "
                 "image before it pushes k - 1 back) and are counted in the whole file.", ""]
+    if "lossy_skipped" in entry:
+      lines += ["### Lossy", "", entry["lossy_skipped"] + ".", ""]
     if "lossy" in entry:
       lines += ["### Lossy: rate–distortion", "", "![rate-distortion](rd.png)", "",
                 "| codec | step | bits/image | pixel error rate | BCE nats/image | coded dims | decode = encoder's image |",
