@@ -226,7 +226,8 @@ def test_pretrained_export_builds_the_same_model(workdirs, tmp_path):
   assert files.Codec(model, config).fingerprint == files.Codec(m0, c0).fingerprint
 
 
-@pytest.mark.parametrize("name", ["cvae_mnist", "cvae_fashion_mnist", "cvae_context_mnist"])
+@pytest.mark.parametrize("name", ["cvae_mnist", "cvae_fashion_mnist", "cvae_context_mnist",
+                                  "cvae_context_fashion_mnist"])
 def test_the_shipped_models_load(name):
   assert name in pretrained.available()
   config, model, rows = pretrained.load(name)

@@ -78,6 +78,13 @@ def load_folder(folder: str) -> tuple[Config, nnx.Module, list[dict]]:
   return config, build(config, params), rows
 
 
+_DESCRIPTIONS = {
+    "cvae": "The tutorial's convolutional VAE",
+    "cvae_context": ("The tutorial's convolutional VAE with a learned logit per pixel's causal "
+                     "16-pixel context (`--model cvae_context`)"),
+}
+
+
 def export(workdir: str, out_dir: str, command: str) -> str:
   """Writes a shipped-model folder from the run in `workdir` (its newest checkpoint)."""
   from vae_jax.training import run  # pylint: disable=import-outside-toplevel
@@ -95,7 +102,8 @@ def export(workdir: str, out_dir: str, command: str) -> str:
   last = rows[-1] if rows else {}
   with open(os.path.join(out_dir, README), "w") as f:
     f.write(f"# {os.path.basename(os.path.abspath(out_dir))}\n\n"
-            f"The tutorial's convolutional VAE (latent {config.latent_dim}) trained by this "
+            f"{_DESCRIPTIONS.get(config.model, f'The model `{config.model}`')} "
+            f"(latent {config.latent_dim}) trained by this "
             f"project's main job for {epoch} epochs on `{config.data}`, parameters only "
             f"(float32, `{PARAMS}`; the optimizer state is left out).\n\n"
             f"Trained with:\n\n```bash\n{command}\n```\n\n"
