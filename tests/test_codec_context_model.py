@@ -179,3 +179,18 @@ def test_bench_codes_exactly_and_skips_the_lossy_curve(workdir, idx_dir, tmp_pat
   assert "lossy" not in entry and "no lossy mode" in entry["lossy_skipped"]
   assert "no lossy mode" in (tmp_path / "report.md").read_text()
   assert not (tmp_path / "rd.png").exists() and (tmp_path / "rate_k.png").stat().st_size > 0
+
+
+def test_integer_probabilities_follow_the_sigmoid():
+  """P(x = 1) in units of 2^-16 at every integer logit (and beyond the clip) against float64
+  expit: within one unit (the table's two roundings), clipped to 1 .. 2^16 - 1."""
+  from scipy.special import expit  # pylint: disable=import-outside-toplevel
+  from vae_jax.codec import integer  # pylint: disable=import-outside-toplevel
+  top = integer.LOGIT_MAX << integer.LOGIT_BITS
+  logits = np.arange(-top - 300, top + 301 + 2)  # 9,819 = 3 x 3,273
+  got = integer.probabilities_np(logits.reshape(3, -1), 16).reshape(-1)
+  clipped = np.clip(logits, -top, top) / (1 << integer.LOGIT_BITS)
+  want = np.clip(np.rint(expit(clipped) * 65536), 1, 65535)
+  assert np.abs(got - want).max() <= 1
+  assert np.mean(got == want) > 0.99
+  assert got[0] == 1 and got[-1] == 65535 and np.all(np.diff(got) >= 0)

@@ -45,11 +45,13 @@ def decode_raster(b: int, h: int, w: int, next_bits) -> np.ndarray:
   """(b, h, w) uint8 images made pixel by pixel in raster order: next_bits(i, contexts) gets pixel
   i's (b,) context indices from the pixels made before it and returns its b bits."""
   pr, pc = max_reach()
-  padded = np.zeros((b, (h + pr) * (w + 2 * pc)), np.int64)
-  positions, offsets = canvas_positions(h, w), canvas_offsets(w)
+  # position-major canvas: each step reads 16 contiguous rows and writes one
+  padded = np.zeros(((h + pr) * (w + 2 * pc), b), np.int64)
+  positions = canvas_positions(h, w)
+  reads = positions[:, None] + canvas_offsets(w)[None, :]
   for i, p in enumerate(positions):
-    padded[:, p] = next_bits(i, padded[:, p + offsets] @ WEIGHTS)
-  return padded[:, positions].reshape(b, h, w).astype(np.uint8)
+    padded[p] = next_bits(i, WEIGHTS @ padded[reads[i]])
+  return padded[positions].T.reshape(b, h, w).astype(np.uint8)
 
 
 def contexts(images01: np.ndarray) -> np.ndarray:

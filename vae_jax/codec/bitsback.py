@@ -174,12 +174,14 @@ class _BatchModel:
     x = coder.decode(_PIXEL, _pixel_probabilities(pixels, self.p.pixel_bits))
     return x.astype(np.uint8).reshape((len(z_j),) + IMAGE_SHAPE)
 
-  def weights(self, posterior, z_bkl, x) -> np.ndarray:
-    """(B, k) integer importance weights from the k latents' tables (one call of shape*k rows)."""
+  def weights(self, posterior, z_bkl, x) -> tuple[np.ndarray, np.ndarray]:
+    """(B, k) integer importance weights from the k latents' tables (one call of shape*k rows),
+    and those tables (B, k, pixels)."""
     pixels = self.tables.pixels(z_bkl.reshape(-1, z_bkl.shape[-1]), self.shape * self.k, x,
                                 repeat=self.k)
-    return importance.categorical_weights(
+    weights = importance.categorical_weights(
         importance.log_weights(posterior, z_bkl, pixels, x, self.p.pixel_bits))
+    return weights, pixels.reshape(len(x), self.k, -1)
 
 
 def _others(z_bkl: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -218,13 +220,16 @@ def encode_chain(tables: ModelTables, images: np.ndarray, settings: Settings, co
     posterior = batch.posterior(x)
     z = np.asarray(coder.decode(_POSTERIOR, batch.rows(posterior, k))).reshape(size, k, -1)
     if k > 1:
-      weights = batch.weights(posterior, z, x)
+      weights, pixels_k = batch.weights(posterior, z, x)
       j = np.asarray(coder.decode(_POSTERIOR, weights.astype(np.float64)), np.int64)
       back_j = np.log2(weights[np.arange(size), j] / weights.sum(-1))
     else:
       j, back_j = np.zeros(size, np.int64), np.zeros(size)
     z_j = z[np.arange(size), j]
-    pixels = batch.pixels(z_j, x)
+    # integer networks give the same tables at any batch shape, so z_j's come from the k-row call;
+    # a float network's must come from the call the decoder makes (shape rows)
+    pixels = (pixels_k[np.arange(size), j] if k > 1 and tables.portable
+              else batch.pixels(z_j, x))
     bits = image_bits(posterior.reshape(size * tables.latent_dim, -1), z_j, pixels, x, p) \
         + back_j + np.log2(k)
     if accept is not None:
@@ -266,7 +271,7 @@ def decode_chain(tables: ModelTables, coder, count: int, settings: Settings,
       z[keep] = others.reshape(-1, tables.latent_dim)
       z[np.arange(size), j] = z_j
       coder.encode_reverse(j.astype(np.int32), _POSTERIOR,
-                           batch.weights(posterior, z, x).astype(np.float64))
+                           batch.weights(posterior, z, x)[0].astype(np.float64))
     else:
       z = z_j[:, None]
     coder.encode_reverse(z.reshape(-1), _POSTERIOR, batch.rows(posterior, k))

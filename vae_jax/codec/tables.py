@@ -230,11 +230,11 @@ class ModelTables:
     """A context model's images (b, 28, 28, 1) uint8 at latents z_index, popped pixel position
     by pixel position in raster order: pop(P(x = 1) in units of 2^-pixel_bits, one per image)
     -> the b bits at that position."""
-    logits = self.raw_logits(z_index, shape)
-    b, n = logits.shape
+    logits = np.ascontiguousarray(self.raw_logits(z_index, shape).T)    # (pixels, b)
+    n, b = logits.shape
     images = template.decode_raster(
         b, 28, n // 28,
-        lambda i, ctx: pop(self.context_probabilities(logits[:, i] + self.context_ints[ctx])))
+        lambda i, ctx: pop(self.context_probabilities(logits[i] + self.context_ints[ctx])))
     return images[..., None]
 
   def means(self, x_u8: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
