@@ -177,3 +177,23 @@ def test_explicit_choice_never_falls_back(monkeypatch):
     warnings.simplefilter("error")
     with pytest.raises(data.DataError):
       data.load("tfds:mnist")
+
+
+def test_process_slices_partition_every_batch(monkeypatch):
+  """Each of N processes stacks only its rows (`Strategy.process_rows`); side by side, in process
+  order, they are the global batches, each image once."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from vae_jax.training import parallel  # pylint: disable=import-outside-toplevel
+  images = np.arange(50)[:, None] * np.ones((50, 3), np.int64)
+  order = data.epoch_order(0, 1, 50)
+  whole, mask = data.batch_stack(images, order, 12)
+  strategy = parallel.make_strategy("sharded", None)
+  for processes in (2, 4):
+    monkeypatch.setattr(jax, "process_count", lambda n=processes: n)
+    parts = []
+    for i in range(processes):
+      monkeypatch.setattr(jax, "process_index", lambda i=i: i)
+      parts.append(data.batch_stack(images, order, 12, strategy.process_rows(12)))
+    assert all(p[0].shape == (5, 12 // processes, 3) for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts], 1), whole)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts], 1), mask)

@@ -92,6 +92,18 @@ def test_one_process_per_device_matches_one_process(runs):
       assert g[key] == pytest.approx(w[key], rel=ELBO_RTOL), key
 
 
+def test_each_process_feeds_its_own_half_of_every_batch(runs):
+  """Both processes name their rows of each global batch of 8: disjoint halves that cover it
+  (--train-size 80: 10 steps, 40 of the 80 slots each)."""
+  lines = {}
+  for i in range(2):
+    out = _read(f"{runs['killed']}.p{i}.out")
+    lines[i] = next(l for l in out.splitlines() if l.startswith(f"process {i} of 2 feeds"))
+  assert lines[0].startswith("process 0 of 2 feeds rows 0..3 of every global batch of 8: 40 of ")
+  assert lines[1].startswith("process 1 of 2 feeds rows 4..7 of every global batch of 8: 40 of ")
+  assert all(l.endswith("the 80 training slots an epoch") for l in lines.values())
+
+
 def test_lost_process_ends_the_survivor_with_one_line(runs):
   survivor, killed = runs["survivor"], runs["killed"]
   err = _read(f"{killed}.p0.err")

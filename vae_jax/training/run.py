@@ -254,6 +254,13 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
   _log(f"data {dataset.name}: {len(run.train_images)} train / {len(run.test_x)} test images; "
        f"{run.strategy.kind} on {run.strategy.num_devices} {jax.devices()[0].platform} device(s), "
        f"{parallel.processes_text()}; epochs {start_epoch + 1}..{config.epochs}")
+  if jax.process_count() > 1:  # every process says which part of each batch it feeds
+    mine = run.rows
+    tqdm.write(f"process {jax.process_index()} of {jax.process_count()} feeds rows "
+               f"{mine.start}..{mine.stop - 1} of every global batch of {config.batch_size}: "
+               f"{run.steps_per_epoch * (mine.stop - mine.start)} of the "
+               f"{run.steps_per_epoch * config.batch_size} training slots an epoch",
+               file=sys.stdout)
   # An autoencoder's test_elbo is minus its reconstruction loss (objectives.py), not an ELBO.
   test_label = "test ELBO" if models.get_model_class(config.model).stochastic else "test -loss"
   try:
