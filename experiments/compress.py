@@ -6,8 +6,10 @@
     python -m experiments.compress export --workdir runs/tutorial --out vae_jax/pretrained/cvae_mnist
     python -m experiments.compress fit --data png:my_scans/ --out my_model
 
---model is a run's workdir (its newest checkpoint), a model folder (`fit`'s, `export`'s) or
-`pretrained` (the tutorial model shipped in the package). Images are thresholded at 0.5; each is
+--model is a run's workdir (its newest checkpoint), a model folder (`fit`'s, `export`'s),
+`pretrained:NAME` (a model shipped in the package) or `pretrained`: the context model
+`cvae_context_mnist` (the shortest lossless files on digits), the tutorial model `cvae_mnist` with
+--lossy, and on decode whichever shipped model wrote the file. Images are thresholded at 0.5; each is
 coded by the shortest of VAE bits-back, a context coder and raw bits. See docs/compression.md.
 """
 
@@ -25,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = cli.ArgumentParser(prog="python -m experiments.compress", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="command", required=True)
-  model_help = "a run's workdir, or 'pretrained' (shipped in the package)"
+  model_help = ("a run's workdir, a model folder, 'pretrained:NAME' or 'pretrained' (the shipped "
+                "context model; the tutorial model with --lossy; on decode, the file's)")
   data_help = ("idx:DIR (a dataset's IDX files), idx:FILE (one images IDX file), png:DIR or a "
                "directory of PNGs of one size (the VAE codes 28x28, the context coder any), or "
                "tfds:NAME / mnist-5k")
@@ -96,7 +99,7 @@ def _encode(args) -> None:
   from vae_jax.codec import files, images  # pylint: disable=import-outside-toplevel
   images.check_new_output(args.out)
   x = images.load(args.data, args.split, args.count)
-  config, model, _ = pretrained.resolve(args.model)
+  config, model, _ = pretrained.resolve(args.model, lossy=args.lossy)
   codec = files.Codec(model, config)
   if args.lossy:
     raw, report, _, _ = codec.encode_lossy(x, args.step, show_progress=not args.quiet)
@@ -108,7 +111,6 @@ def _encode(args) -> None:
 
 
 def _decode(args) -> None:
-  from vae_jax import pretrained  # pylint: disable=import-outside-toplevel
   from vae_jax.codec import files, images  # pylint: disable=import-outside-toplevel
   from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   images.check_new_output(args.out)
@@ -117,12 +119,32 @@ def _decode(args) -> None:
       raw = f.read()
   except OSError as e:
     raise UserError(f"{args.file}: cannot read ({e.strerror})") from None
-  files.check(raw, args.file)  # damage and impossible headers are reported before the model loads
-  config, model, _ = pretrained.resolve(args.model)
-  decoded, report = files.Codec(model, config).decode(raw, args.file, show_progress=not args.quiet)
+  box = files.check(raw, args.file)  # damage and impossible headers, before the model loads
+  codec = _codec_for(args.model, box.fingerprint)
+  decoded, report = codec.decode(raw, args.file, show_progress=not args.quiet)
   interrupts.stop(STOPPED)
   images.write_decoded(args.out, decoded)
   print(report.summary("decoded"))
+
+
+def _codec_for(spec: str, file_fingerprint: bytes):
+  """The codec of --model; for plain `pretrained`, of the shipped model that wrote the file
+  (whichever has its fingerprint; else the default, whose codec then refuses the file)."""
+  from vae_jax import pretrained  # pylint: disable=import-outside-toplevel
+  from vae_jax.codec import files  # pylint: disable=import-outside-toplevel
+  if spec != "pretrained":
+    config, model, _ = pretrained.resolve(spec)
+    return files.Codec(model, config)
+  names = [pretrained.DEFAULT, pretrained.LOSSY]
+  names += [n for n in pretrained.available() if n not in names]
+  first = None
+  for name in names:
+    config, model, _ = pretrained.load(name)
+    codec = files.Codec(model, config)
+    if codec.fingerprint == file_fingerprint:
+      return codec
+    first = first or codec
+  return first
 
 
 def _bench(args) -> None:

@@ -282,3 +282,24 @@ def test_bench_end_to_end_on_tiny_data(codec, workdirs, idx_dir, tmp_path):
   for name in ("report.json", "report.md", "rd.png", "rate_k.png"):
     assert (out / name).stat().st_size > 0, name
   assert "![rate against k](rate_k.png)" in (out / "report.md").read_text()
+
+
+def test_pretrained_is_the_context_model_lossless_the_tutorial_lossy(tmp_path, idx_dir, env):
+  """`--model pretrained`: lossless files come from the shipped context model, lossy ones from
+  the tutorial model, and `decode --model pretrained` finds whichever wrote the file."""
+  want = {}
+  for name in ("cvae_context_mnist", "cvae_mnist"):
+    config, model, _ = pretrained.load(name)
+    want[name] = files.Codec(model, config).fingerprint
+  for flags, name in (([], "cvae_context_mnist"), (["--lossy"], "cvae_mnist")):
+    out = tmp_path / f"{name}.vjz"
+    r = compress("encode", "--model", "pretrained", "--data", f"idx:{idx_dir}", "--count", "20",
+                 "--out", str(out), "--quiet", *flags, env=env)
+    assert r.returncode == 0, r.stderr
+    assert container.parse(out.read_bytes(), "f").fingerprint == want[name]
+    r = compress("decode", str(out), "--model", "pretrained", "--out", str(tmp_path / name),
+                 "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    if not flags:  # lossless: the test digits, thresholded, exactly
+      np.testing.assert_array_equal(read_decoded(tmp_path / name) // 255,
+                                    images.load(f"idx:{idx_dir}", "test", 20))

@@ -18,7 +18,8 @@ from flax import nnx
 from vae_jax.config import Config
 from vae_jax.errors import UserError
 
-DEFAULT = "cvae_mnist"
+DEFAULT = "cvae_context_mnist"   # `--model pretrained`: the shortest lossless files on digits
+LOSSY = "cvae_mnist"             # ... with --lossy (a context model has no lossy mode)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 PARAMS, CONFIG, METRICS, README = "params.npz", "config.json", "metrics.jsonl", "README.md"
 
@@ -115,11 +116,11 @@ def export(workdir: str, out_dir: str, command: str) -> str:
   return out_dir
 
 
-def resolve(spec: str) -> tuple[Config, nnx.Module, list[dict]]:
-  """--model: `pretrained` (or `pretrained:NAME`), a model folder (`export`'s, e.g. from
-  `compress fit`), else a run's workdir (its newest checkpoint)."""
+def resolve(spec: str, lossy: bool = False) -> tuple[Config, nnx.Module, list[dict]]:
+  """--model: `pretrained` (DEFAULT, or LOSSY for lossy coding), `pretrained:NAME`, a model
+  folder (`export`'s, e.g. from `compress fit`), else a run's workdir (its newest checkpoint)."""
   if spec == "pretrained" or spec.startswith("pretrained:"):
-    return load(spec.partition(":")[2] or DEFAULT)
+    return load(spec.partition(":")[2] or (LOSSY if lossy else DEFAULT))
   if os.path.isfile(os.path.join(spec, PARAMS)):
     return load_folder(spec)
   from vae_jax.training import run  # pylint: disable=import-outside-toplevel
