@@ -34,8 +34,8 @@ def _is_main() -> bool:
   return jax.process_index() == 0
 
 
-def _log(message: str) -> None:
-  if _is_main():
+def _log(message: str, every_process: bool = False) -> None:
+  if every_process or _is_main():
     try:
       tqdm.write(message, file=sys.stdout)
     except OSError as e:
@@ -256,11 +256,10 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
        f"{parallel.processes_text()}; epochs {start_epoch + 1}..{config.epochs}")
   if jax.process_count() > 1:  # every process says which part of each batch it feeds
     mine = run.rows
-    tqdm.write(f"process {jax.process_index()} of {jax.process_count()} feeds rows "
-               f"{mine.start}..{mine.stop - 1} of every global batch of {config.batch_size}: "
-               f"{run.steps_per_epoch * (mine.stop - mine.start)} of the "
-               f"{run.steps_per_epoch * config.batch_size} training slots an epoch",
-               file=sys.stdout)
+    _log(f"process {jax.process_index()} of {jax.process_count()} feeds rows "
+         f"{mine.start}..{mine.stop - 1} of every global batch of {config.batch_size}: "
+         f"{run.steps_per_epoch * (mine.stop - mine.start)} of the "
+         f"{run.steps_per_epoch * config.batch_size} training slots an epoch", every_process=True)
   # An autoencoder's test_elbo is minus its reconstruction loss (objectives.py), not an ELBO.
   test_label = "test ELBO" if models.get_model_class(config.model).stochastic else "test -loss"
   try:
