@@ -9,6 +9,7 @@ import sys
 
 import constriction
 import jax
+import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
@@ -141,17 +142,66 @@ def test_damaged_tables_are_refused(tmp_path, monkeypatch):
 
 
 def test_another_integer_format_is_refused_before_decoding(coded, monkeypatch):
-  """The fingerprint in the header covers the integer format and the tables' hash."""
+  """The fingerprint in the header covers the integer format, its constants and the tables' hash;
+  a format this codec does not know is refused with one line."""
   _, model, config, _, _ = coded
   box = container.Container(container.LOSSLESS, fingerprint(model, config), 1, (28, 28, 1), 0,
                             b"", b"")
-  for name, value in (("FORMAT", integer.FORMAT + 1), ("TABLES_SHA256", "0" * 64)):
+  assert fingerprint(model, config, 1) != fingerprint(model, config, 2)
+  for name, value in (("WEIGHT_BITS", integer.WEIGHT_BITS - 1),
+                      ("F32_ACT_BITS", integer.F32_ACT_BITS + 1), ("TABLES_SHA256", "0" * 64)):
     with monkeypatch.context() as patch:
       patch.setattr(integer, name, value)
       patch.setattr(integer, "tables", lambda: {})
       with pytest.raises(UserError, match="another model"):
         container.check_model(box, fingerprint(model, config), "f.vjz")
   container.check_model(box, fingerprint(model, config), "f.vjz")
+  with pytest.raises(UserError, match="format 3 is not known"):
+    fingerprint(model, config, 3)
+
+
+def _products_per_output(op, c_in):
+  """The most products one output of a 3x3 layer sums, counted by XLA's own transposed
+  convolution of ones (independent of `integer`'s fan-in rule)."""
+  stride = 2 if op == "deconv2" else 1
+  with jax.enable_x64(True):
+    counts = jax.lax.conv_transpose(jnp.ones((1, 7, 7, c_in)), jnp.ones((3, 3, c_in, 1)),
+                                    (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return int(counts.max())
+
+
+def test_float32_layers_compute_the_exact_integers(coded):
+  """The decoder's float32 GEMM kernels give exactly the integers of an independent float64
+  computation of the same folded network (numpy matmul, XLA's lax.conv_transpose), and every
+  float32 layer's sums are bounded below 2^24 (float32's exact integers)."""
+  _, model, _, _, _ = coded
+  folded = integer.fold(model, 8)
+  layers = folded.decoder["layers"]
+  assert [layer["kernel"].dtype for layer in layers][1:] == [np.float32] * 3
+  z_index = np.random.default_rng(1).integers(0, 256, (5, 3))
+  z_q = integer.tables()["centres_8"][z_index].astype(np.float64)
+  a, peak = z_q, float(np.abs(z_q).max())
+  for (name, op, kind, dtype), layer in zip(integer._DECODER, layers):
+    kernel, bias = (np.asarray(layer[k], np.float64) for k in ("kernel", "bias"))
+    if dtype == "float32":
+      fan_in = (kernel.shape[-2] if op == "dense"
+                else _products_per_output(op, kernel.shape[-2]))
+      assert fan_in * np.abs(kernel).max() * peak + np.abs(bias).max() < 2 ** 24, name
+    if op == "dense":
+      acc = a.reshape(len(a), -1) @ kernel + bias
+    else:
+      stride = 2 if op == "deconv2" else 1
+      with jax.enable_x64(True):
+        acc = np.asarray(jax.lax.conv_transpose(a, kernel, (stride, stride), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))) + bias
+    if kind != "hidden":
+      break
+    a = np.clip(np.floor(acc * layer["multiplier"] + 0.5), 0, layer["top"])
+    a = a.reshape(len(a), 7, 7, 32) if name == "dec_dense" else a
+    peak = float(layer["top"])
+  with jax.enable_x64(True):
+    got = integer._decoder_acc(jax.tree.map(jnp.asarray, folded.decoder), jnp.asarray(z_q))
+  np.testing.assert_array_equal(np.asarray(got), acc.reshape(len(acc), -1))
 
 
 def test_every_partial_sum_bound_is_checked():
@@ -170,3 +220,20 @@ def test_decoded_words_round_trip_in_process(coded):
   decoded = bitsback.decode_chain(tables, constriction.stream.stack.AnsCoder(stack), len(images),
                                   SETTINGS)
   np.testing.assert_array_equal(decoded, images)
+
+
+def test_files_of_the_previous_format_still_decode(coded):
+  """A version-3 file (integer format 1: every layer in float64) decodes with the default codec,
+  which writes version 4 (format 2); both exact, and the two formats' integers differ."""
+  from vae_jax.codec import files
+  _, model, config, _, images = coded
+  old, _ = files.Codec(model, config, version=3).encode_lossless(images)
+  new, _ = files.Codec(model, config).encode_lossless(images)
+  assert container.parse(old, "old").version == 3 and container.parse(new, "new").version == 4
+  assert container.parse(old, "old").fingerprint != container.parse(new, "new").fingerprint
+  codec = files.Codec(model, config)
+  for raw in (old, new):
+    decoded, _ = codec.decode(raw, "f.vjz")
+    np.testing.assert_array_equal(decoded, images)
+  old_layers = integer.fold(model, 8, fmt=1).decoder["layers"]
+  assert {layer["kernel"].dtype for layer in old_layers} == {np.dtype(np.float64)}

@@ -2,7 +2,8 @@
 
     offset  size  field
     0       8     magic b"\\x89VJZ\\r\\n\\x1a\\n"
-    8       2     format version (3: lossless images by the shortest of bits-back (BB-IS with k samples), context coder, raw)
+    8       2     format version (3: lossless images by the shortest of bits-back (BB-IS with k samples),
+                  context coder, raw, and integer networks of format 1; 4: the same with format 2)
     10      1     mode: 1 lossless bits-back, 2 lossy
     11      32    model fingerprint (SHA-256 of its config and parameters, tables.fingerprint)
     43      4     image count
@@ -25,7 +26,8 @@ import numpy as np
 from vae_jax.errors import UserError
 
 MAGIC = b"\x89VJZ\r\n\x1a\n"
-VERSION = 3
+VERSION = 4                      # what encoders write
+INTEGER_FORMATS = {3: 1, 4: 2}   # the versions decoders read: their integer networks' format
 LOSSLESS, LOSSY = 1, 2
 MODES = {LOSSLESS: "lossless", LOSSY: "lossy"}
 _HEAD = struct.Struct("<8sHB32sIHHBI")
@@ -40,9 +42,10 @@ class Container:
   images_crc: int
   settings: bytes
   payload: bytes
+  version: int = VERSION
 
   def to_bytes(self) -> bytes:
-    head = _HEAD.pack(MAGIC, VERSION, self.mode, self.fingerprint, self.count, *self.image_shape,
+    head = _HEAD.pack(MAGIC, self.version, self.mode, self.fingerprint, self.count, *self.image_shape,
                       self.images_crc)
     body = (head + struct.pack("<H", len(self.settings)) + self.settings
             + struct.pack("<Q", len(self.payload)) + self.payload)
@@ -63,8 +66,9 @@ def parse(raw: bytes, name: str) -> Container:
   if len(raw) < _HEAD.size + 2:
     raise UserError(f"{name}: truncated ({len(raw)} bytes, shorter than the header)")
   _, version, mode, fp, count, h, w, c, crc_images = _HEAD.unpack_from(raw)
-  if version != VERSION:
-    raise UserError(f"{name}: format version {version} is not supported (this codec reads {VERSION})")
+  if version not in INTEGER_FORMATS:
+    raise UserError(f"{name}: format version {version} is not supported (this codec reads "
+                    f"{', '.join(map(str, INTEGER_FORMATS))})")
   offset = _HEAD.size
   (settings_len,) = struct.unpack_from("<H", raw, offset)
   offset += 2
@@ -87,7 +91,7 @@ def parse(raw: bytes, name: str) -> Container:
   if c != 1 or h < 1 or w < 1 or count < 1:
     raise UserError(f"{name}: corrupt ({count} images of {h}x{w}x{c})")
   return Container(mode, fp, count, (h, w, c), crc_images, settings,
-                   raw[offset:offset + payload_len])
+                   raw[offset:offset + payload_len], version)
 
 
 def check_model(container: Container, fingerprint: bytes, name: str) -> None:

@@ -72,22 +72,28 @@ def check(raw: bytes, name: str) -> container.Container:
 
 
 class Codec:
-  """The codecs of one model; its fingerprint ties files to it."""
+  """The codecs of one model; its fingerprint ties files to it. Files are written in container
+  format `version` (the newest by default) and read in every format `container` knows."""
 
-  def __init__(self, model: nnx.Module, config, settings: bitsback.Settings = bitsback.Settings()):
-    self.model = model
+  def __init__(self, model: nnx.Module, config, settings: bitsback.Settings = bitsback.Settings(),
+               version: int = container.VERSION):
+    self.model, self.config = model, config
     self.settings = settings
-    self.fingerprint = fingerprint(model, config)
+    self.version = version
+    self.integer_format = container.INTEGER_FORMATS[version]
+    self.fingerprint = fingerprint(model, config, self.integer_format)
     self._tables = {}
+    self._other_versions = {}
 
   def tables(self, precision: Precision = Precision()) -> ModelTables:
     if precision not in self._tables:
-      self._tables[precision] = ModelTables(self.model, precision)
+      self._tables[precision] = ModelTables(self.model, precision, fmt=self.integer_format)
     return self._tables[precision]
 
   def _container(self, mode, images, settings: bytes, payload: bytes) -> bytes:
     return container.Container(mode, self.fingerprint, len(images), images.shape[1:],
-                               container.images_crc(images), settings, payload).to_bytes()
+                               container.images_crc(images), settings, payload,
+                               self.version).to_bytes()
 
   # ------------------------------------------------------------ lossless
 
@@ -172,7 +178,7 @@ class Codec:
     box = container.Container(container.LOSSY, self.fingerprint, len(images), IMAGE_SHAPE,
                               container.images_crc(decoded),
                               lossy.pack_settings(step, batch, scales, prior),
-                              container.words_to_bytes(words))
+                              container.words_to_bytes(words), self.version)
     raw = box.to_bytes()
     seconds = time.perf_counter() - start
     return raw, Report(len(images), len(raw), seconds, compile_seconds, f"lossy, step {step:g}",
@@ -200,6 +206,11 @@ class Codec:
   def decode(self, raw: bytes, name: str, show_progress: bool = False) -> tuple[np.ndarray, Report]:
     """The images in a compressed file's bytes; UserError (one line) for any mismatch or damage."""
     box = check(raw, name)
+    if box.version != self.version:  # an older format: its own integer networks
+      if box.version not in self._other_versions:
+        self._other_versions[box.version] = Codec(self.model, self.config, self.settings,
+                                                  box.version)
+      return self._other_versions[box.version].decode(raw, name, show_progress)
     container.check_model(box, self.fingerprint, name)
     if box.mode == container.LOSSY and box.image_shape != IMAGE_SHAPE:
       raise UserError(f"{name}: holds {box.image_shape} images; the model codes {IMAGE_SHAPE}")

@@ -46,13 +46,14 @@ def cpu_device():
   return jax.devices("cpu")[0]
 
 
-def fingerprint(model: nnx.Module, config) -> bytes:
+def fingerprint(model: nnx.Module, config, fmt: int = integer.FORMAT) -> bytes:
   """SHA-256 of the model-defining config fields, every parameter (path, dtype, shape, bytes) and,
-  for a model with integer networks, what else their integers depend on (`integer.identity`)."""
+  for a model with integer networks, what else their integers depend on (`integer.identity` of
+  format fmt)."""
   settings = {k: getattr(config, k, default) for k, default in _MODEL_FIELDS.items()}
   h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode())
   if integer.supports(model):
-    h.update(integer.identity())
+    h.update(integer.identity(fmt))
   if getattr(model, "autoregressive", False):
     h.update(f"context logits {context.TEMPLATE} clip {integer.RAW_LOGIT_MAX}, pixels "
              "position-major".encode())
@@ -132,9 +133,9 @@ class ModelTables:
   """A model's integer tables for padded batches, each batch shape compiled once, on the CPU."""
 
   def __init__(self, model: nnx.Module, precision: Precision = Precision(),
-               portable: bool | None = None):
+               portable: bool | None = None, fmt: int = integer.FORMAT):
     """portable: the integer networks (default where `integer.supports` the model) or the float
-    network (the only choice for other models)."""
+    network (the only choice for other models); fmt: the integer networks' format."""
     self.precision = precision
     self.latent_dim = int(model.latent_dim)
     self.stochastic = bool(getattr(model, "stochastic", True))
@@ -153,19 +154,20 @@ class ModelTables:
     self.compile_seconds = 0.0
     if self.portable:
       start = time.perf_counter()
-      folded = integer.fold(model, p.latent_bits)
+      folded = integer.fold(model, p.latent_bits, fmt)
       self.compile_seconds = time.perf_counter() - start  # mostly the calibration's compiles
       with jax.enable_x64(True):
         encoder = jax.device_put(folded.encoder, cpu_device())
         decoder = jax.device_put(folded.decoder, cpu_device())
       self._fns.update({
           "posterior": (jax.jit(functools.partial(integer.posterior, latent_bits=p.latent_bits,
-                                                  posterior_bits=p.posterior_bits)), encoder),
+                                                  posterior_bits=p.posterior_bits, fmt=fmt)),
+                        encoder),
           "pixels": (jax.jit(functools.partial(integer.pixels, latent_bits=p.latent_bits,
-                                               pixel_bits=p.pixel_bits)), decoder),
+                                               pixel_bits=p.pixel_bits, fmt=fmt)), decoder),
           "raw_logits": (jax.jit(functools.partial(integer.raw_logits,
-                                                   latent_bits=p.latent_bits)), decoder),
-          "mode_image": (jax.jit(integer.mode_image), decoder)})
+                                                   latent_bits=p.latent_bits, fmt=fmt)), decoder),
+          "mode_image": (jax.jit(functools.partial(integer.mode_image, fmt=fmt)), decoder)})
     else:
       self._fns.update({
           "posterior": (jax.jit(functools.partial(_posterior_ints, graphdef, p.latent_bits,
