@@ -29,9 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--chunk", type=int, default=d.chunk,
                  help="latent samples per image in one decoder call (bounds memory)")
   p.add_argument("--batch", type=int, default=d.batch,
-                 help="images per call (0: 1 on CPU, 20 on accelerators)")
+                 help="images per call (0: 2 on CPU, 1 with --dtype bfloat16, 20 on accelerators)")
   p.add_argument("--data", default=d.data,
                  help="override the run's data (tfds:NAME | idx:DIR | mnist-5k | auto)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype,
+                 help="the GEMMs' input dtype, float32 accumulation either way (default: the "
+                      "run's own); bfloat16 is faster on CPUs with AVX-512 BF16 and moves the "
+                      "NLL by ~0.01 nats")
   p.add_argument("--force", action="store_true",
                  help="replace an existing report with the same settings")
   return p.parse_args(argv)
@@ -40,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _run(args: argparse.Namespace) -> None:
   from vae_jax.research import evaluation  # pylint: disable=import-outside-toplevel
   settings = Settings(iw_samples=args.iw_samples, test_size=args.test_size, seed=args.seed,
-                      chunk=args.chunk, batch=args.batch, data=args.data)
+                      chunk=args.chunk, batch=args.batch, data=args.data, dtype=args.dtype)
   if evaluation.is_run(args.workdir):
     path, report = evaluation.evaluate_run(args.workdir, settings, force=args.force)
     print(f"{evaluation.summary_line(report)}  -> {path}")

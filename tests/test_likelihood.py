@@ -272,9 +272,33 @@ def test_evaluate_cli(idx_dir, tmp_path, capsys):
   with open(path) as f:
     assert json.load(f)["results"]["nll"] == pytest.approx(r["nll"], rel=1e-5)
 
+  # bfloat16 GEMMs: a report of its own beside float32's, close to it but not equal.
+  code, out = again("--dtype", "bfloat16")
+  assert code == 0, out.err
+  with open(os.path.join(workdir, "evaluation_k20_n16_s0_bfloat16.json")) as f:
+    bf16 = json.load(f)
+  assert s["dtype"] == "float32" and bf16["settings"]["dtype"] == "bfloat16"
+  assert bf16["settings"]["batch"] == 1  # the default batch on CPU with bfloat16
+  assert bf16["results"]["nll"] == pytest.approx(r["nll"], rel=1e-2)
+  assert bf16["results"]["nll"] != r["nll"]
+  code, out = again("--seed", "2")
+  assert code == 0, out.err
+  with open(os.path.join(workdir, "evaluation_k20_n16_s2.json")) as f:
+    assert json.load(f)["settings"]["batch"] == 2  # the default batch on CPU with float32
+  # A report written before the dtype was recorded is the run's own dtype's (float32 here).
+  with open(path) as f:
+    legacy = json.load(f)
+  del legacy["settings"]["dtype"]
+  with open(path, "w") as f:
+    json.dump(legacy, f)
+  code, out = again()
+  assert code == 2 and out.err.strip() == (f"error: {path} exists (an evaluation with these "
+                                           "settings); pass --force to replace it")
+
   for flags, fragment in ((["--iw-samples", "0"], "--iw-samples must be >= 1"),
                           (["--test-size", "25"], "--test-size 25 is larger than the 24"),
                           (["--chunk", "x"], "argument --chunk: invalid int value"),
+                          (["--dtype", "float16"], "argument --dtype: invalid choice"),
                           (["--workdir", str(tmp_path / "none")], "holds no run")):
     code, out = again(*flags)
     lines = out.err.strip().splitlines()

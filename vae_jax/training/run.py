@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the whole run, its workdir, metrics, pictures and resume."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -295,12 +296,16 @@ def _train_and_evaluate(config: Config, workdir: str, resume: bool) -> list[dict
   return rows
 
 
-def restore_model(workdir: str) -> tuple[Config, int, nnx.Module]:
-  """(config, epoch, model) of a run's newest checkpoint that restores, on the default device."""
+def restore_model(workdir: str, dtype: str | None = None) -> tuple[Config, int, nnx.Module]:
+  """(config, epoch, model) of a run's newest checkpoint that restores, on the default device.
+
+  dtype: the model's GEMM inputs ('float32' or 'bfloat16', `Config.dtype`) if not the run's own;
+  the parameters are the same either way (float32)."""
   config = workdir_lib.load_config(workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
   try:
-    graphdef, like = train.init_state(config)
+    graphdef, like = train.init_state(config if dtype is None
+                                      else dataclasses.replace(config, dtype=dtype))
     epoch, state = checkpoints.restore_newest(
         like, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     if state is None:
