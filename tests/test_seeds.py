@@ -72,6 +72,17 @@ def test_evaluate_reports_each_seed_and_their_mean_and_spread(runs, capsys):
   assert evaluate_main.main(["--workdir", together] + flags) == 0
   with open(os.path.join(together, name)) as f:
     assert json.load(f) == summary
+  # bfloat16 GEMMs: each seed evaluated again (not the float32 reports reused), their own summary.
+  assert evaluate_main.main(["--workdir", together, "--dtype", "bfloat16"] + flags) == 0
+  with open(os.path.join(together, name.replace(".json", "_bfloat16.json"))) as f:
+    bf16 = json.load(f)
+  assert summary["settings"]["dtype"] == "float32" and bf16["settings"]["dtype"] == "bfloat16"
+  for seed in ("0", "1"):
+    assert bf16["per_seed"][seed]["nll"] != summary["per_seed"][seed]["nll"]
+    assert bf16["per_seed"][seed]["nll"] == pytest.approx(summary["per_seed"][seed]["nll"],
+                                                          rel=1e-2)
+  with open(os.path.join(together, name)) as f:
+    assert json.load(f) == summary
 
 
 def test_refusals(runs, idx_dir, tmp_path, capsys):

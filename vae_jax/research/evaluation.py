@@ -47,7 +47,7 @@ class Settings:
   batch: int = 0               # images per call; 0: `default_batch`
   data: str | None = None      # --data spelling; None: the run's config.data
   # The GEMMs' input dtype (float32 accumulation either way); None: the run's own --dtype.
-  # 'bfloat16' is ~1.5x faster on CPUs with AVX-512 BF16 and moves the NLL by ~0.01 nats
+  # 'bfloat16' is ~1.4x faster on CPUs with AVX-512 BF16 and moves the NLL by ~0.01 nats
   # (docs/likelihood.md); published numbers are float32's.
   dtype: str | None = None
 
@@ -62,16 +62,22 @@ class Settings:
 
 def default_batch(backend: str, dtype: str = "float32") -> int:
   """Images per call: on CPUs the fastest measured at k = 5000 and chunk 500 (float32 GEMMs of
-  1,000 rows, bfloat16 of 500; benchmarks/results/cpu_is_evaluation_*), 20 on accelerators."""
+  1,000 rows, bfloat16 of 500; benchmarks/results/cpu_small_models_is_eval_epyc_*), 20 on
+  accelerators."""
   if backend != "cpu":
     return 20
   return 2 if dtype == "float32" else 1
 
 
+def _dtype_suffix(dtype: str) -> str:
+  """What report names add for GEMMs of another dtype than float32 (`_bfloat16`)."""
+  return "" if dtype == "float32" else f"_{dtype}"
+
+
 def _stem(identity: dict) -> str:
   """evaluation_k{K}_n{N}_s{S}, and _bfloat16 for bfloat16 GEMMs."""
-  stem = "evaluation_k{iw_samples}_n{test_size}_s{seed}".format(**identity)
-  return stem if identity["dtype"] == "float32" else f"{stem}_{identity['dtype']}"
+  return ("evaluation_k{iw_samples}_n{test_size}_s{seed}".format(**identity)
+          + _dtype_suffix(identity["dtype"]))
 
 
 def _same_identity(earlier: dict, identity: dict, run_dtype: str) -> bool:
@@ -321,10 +327,10 @@ def evaluate_seeds(workdir: str, settings: Settings, force: bool = False,
                                    for s, r in per_seed.items()},
              "results": _spread([r["results"] for r in per_seed.values()]),
              "per_seed": {str(s): r["results"] for s, r in per_seed.items()}}
-  suffix = "" if first["dtype"] == "float32" else f"_{first['dtype']}"
   path = os.path.join(workdir, SEEDS_REPORT.format(iw_samples=settings.iw_samples,
                                                    test_size=first["test_size"],
-                                                   seed=settings.seed, suffix=suffix))
+                                                   seed=settings.seed,
+                                                   suffix=_dtype_suffix(first["dtype"])))
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(json.dumps(summary, indent=2) + "\n")
