@@ -13,7 +13,7 @@ same settings is reused) and their mean and spread written to WORKDIR/evaluation
 import argparse
 
 from vae_jax import cli
-from vae_jax.research.evaluation import Settings
+from vae_jax.research.evaluation import DTYPES, Settings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="images per call (0: 2 on CPU, 1 with --dtype bfloat16, 20 on accelerators)")
   p.add_argument("--data", default=d.data,
                  help="override the run's data (tfds:NAME | idx:DIR | mnist-5k | auto)")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype,
+  p.add_argument("--dtype", choices=DTYPES, default=d.dtype,
                  help="the GEMMs' input dtype, float32 accumulation either way (default: the "
                       "run's own); bfloat16 is faster on CPUs with AVX-512 BF16 and moves the "
                       "NLL by ~0.01 nats")
