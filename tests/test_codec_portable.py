@@ -173,12 +173,13 @@ def _products_per_output(op, c_in):
 def test_float32_layers_compute_the_exact_integers(coded):
   """The decoder's float32 GEMM kernels give exactly the integers of an independent float64
   computation of the same folded network (numpy matmul, XLA's lax.conv_transpose), and every
-  float32 layer's sums are bounded below 2^24 (float32's exact integers)."""
+  float32 layer's sums are bounded below 2^24 (float32's exact integers). The rows span two whole
+  chunks of the integer decoder and a padded third."""
   _, model, _, _, _ = coded
   folded = integer.fold(model, 8)
   layers = folded.decoder["layers"]
   assert [layer["kernel"].dtype for layer in layers][1:] == [np.float32] * 3
-  z_index = np.random.default_rng(1).integers(0, 256, (5, 3))
+  z_index = np.random.default_rng(1).integers(0, 256, (2 * integer.DECODER_CHUNK + 5, 3))
   z_q = integer.tables()["centres_8"][z_index].astype(np.float64)
   a, peak = z_q, float(np.abs(z_q).max())
   for (name, op, kind, dtype), layer in zip(integer._DECODER, layers):

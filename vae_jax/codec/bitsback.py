@@ -149,7 +149,8 @@ class _BatchModel:
 
   def rows(self, posterior: np.ndarray, repeat: int) -> np.ndarray:
     """q(z|x) rows for `repeat` latents per image, image-major (as constriction takes them)."""
-    return np.repeat(posterior[:, None], repeat, 1).reshape(-1, self.buckets).astype(np.float64)
+    rows = posterior.astype(np.float64)[:, None]     # one float64 copy, repeated (not twice)
+    return np.repeat(rows, repeat, 1).reshape(-1, self.buckets)
 
   def pixels(self, z_bl: np.ndarray, x: np.ndarray) -> np.ndarray:
     return self.tables.pixels(z_bl, self.shape, x)
