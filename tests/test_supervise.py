@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+from vae_jax import errors
 from vae_jax.training import supervise, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,6 +161,12 @@ CHILD = textwrap.dedent("""
         sys.stderr.write({glog_e!r} + {glog_f!r} + "*** Check failure stack trace: ***\\n")
         sys.stderr.flush()
         os.abort()
+    if mode == "error_then_abort":  # its own line first, then the runtime's abort
+        sys.stderr.write("error: process 0 of 2 stopped responding; restart\\n")
+        sys.stderr.flush()
+        sys.stderr.write({glog_e!r} + {glog_f!r} + "*** Check failure stack trace: ***\\n")
+        sys.stderr.flush()
+        os.abort()
     if mode == "sleep":
         print(os.getpid(), flush=True)
         time.sleep(600)
@@ -190,6 +197,33 @@ def test_an_aborted_child_becomes_one_line_and_status_2(tmp_path):
       "error: process 1 of 2: process 0, the coordinator, stopped responding (JAX's distributed "
       "service ended this process); the last complete checkpoint is epoch 2; restart all "
       "processes with --resume"]
+
+
+def test_a_child_that_said_its_line_before_the_abort_keeps_its_line(tmp_path):
+  """Which end comes first is a race (tests/test_multihost.py): the child's own line, once said,
+  is the only error line, and the abort adds none."""
+  parent = _supervised(tmp_path, "error_then_abort")
+  out, err = parent.communicate(timeout=60)
+  assert parent.returncode == 2
+  assert err.splitlines() == [GLOG_E.rstrip("\n"), "a line of its own",
+                              "error: process 0 of 2 stopped responding; restart"]
+
+
+def test_an_error_line_is_one_write(monkeypatch):
+  """JAX's C++ runtime writes to the same stderr: a line written in two parts (print's text, then
+  its newline) can have a log record land inside it."""
+  writes = []
+
+  class Stream:
+    def write(self, text):
+      writes.append(text)
+
+    def flush(self):
+      pass
+
+  monkeypatch.setattr(sys, "stderr", Stream())
+  errors.report("error: one line")
+  assert writes == ["error: one line\n"]
 
 
 def test_other_ends_pass_through(tmp_path):

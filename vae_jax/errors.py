@@ -9,9 +9,12 @@ class UserError(Exception):
 
 
 def report(line: str) -> None:
-  """Prints one line on stderr; a stderr that cannot take it (a full disk) loses only the line."""
+  """Prints one line on stderr in one write, so that no other writer's output (JAX's C++ runtime
+  logs on the same descriptor) lands between the line and its end; a stderr that cannot take it
+  (a full disk) loses only the line."""
   try:
-    print(line, file=sys.stderr, flush=True)
+    sys.stderr.write(line + "\n")  # print() writes the line and "\n" separately
+    sys.stderr.flush()
   except (OSError, ValueError):
     pass
 

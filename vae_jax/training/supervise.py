@@ -9,7 +9,7 @@ JAX (`maybe_supervise`, called first by `cli.start`). The parent relays the chil
 holds back the runtime's log records (glog format: a headed line and the lines its message goes
 on over, which arrive with it) until output of another kind follows them; when the child's own
 one-line error follows them, or the child ends in that abort, it drops them, and for the abort
-prints one line instead:
+prints one line instead (unless the child's own one-line error came first: that stays the line):
 
     error: process 1 of 2: process 0, the coordinator, stopped responding; the last complete
     checkpoint is epoch 3; restart all processes with --resume
@@ -113,6 +113,7 @@ class _Relay:
   def __init__(self, out):
     self.out, self.held, self.partial, self.passing = out, [], "", False
     self.fatal = False
+    self.said_error = False  # the child's own one-line error has been written
     self.in_record = False  # a glog record began and no quiet moment has passed since
 
   def feed(self, text: str) -> None:
@@ -130,6 +131,7 @@ class _Relay:
         if self.in_record or self._may_be_glog(text) or self._may_be_error(text):
           self.partial = text
         else:
+          self.said_error = self.said_error or (text.startswith(ERROR_HEAD) and not self.fatal)
           self._write(text)
           self.passing = True
         return
@@ -160,6 +162,7 @@ class _Relay:
       self.in_record = True
     elif line.startswith(ERROR_HEAD) and not self.fatal:
       self.held, self.in_record = [], False  # the line says what the records were about
+      self.said_error = True
     if self.fatal or self.in_record:
       self.held.append(line)
     else:
@@ -235,8 +238,11 @@ def supervise(command: list[str]) -> int:
     aborted = relay.fatal and code != 0
     relay.finish(aborted)
     if aborted:
-      sys.stdout.flush()
-      print(abort_line(_info(info_path)), file=sys.stderr, flush=True)
+      # The runtime may abort a child that has already said its own line (its failed collective
+      # named the lost process first): that line stays the only one.
+      if not relay.said_error:
+        sys.stdout.flush()
+        print(abort_line(_info(info_path)), file=sys.stderr, flush=True)
       return 2
     return code if code >= 0 else 128 - code
   finally:
