@@ -168,9 +168,7 @@ class _BatchModel:
 
   def pop_pixels(self, coder, z_j: np.ndarray) -> np.ndarray:
     if self.tables.context:
-      one = float(1 << self.p.pixel_bits)
-      pop = lambda k: np.asarray(coder.decode(_PIXEL, k.astype(np.float64) / one), np.int64)
-      return self.tables.decode_pixels(z_j, self.shape, pop)
+      return self.tables.decode_pixels(z_j, self.shape, lambda p: coder.decode(_PIXEL, p))
     pixels = self.pixels(z_j, None)
     x = coder.decode(_PIXEL, _pixel_probabilities(pixels, self.p.pixel_bits))
     return x.astype(np.uint8).reshape((len(z_j),) + IMAGE_SHAPE)

@@ -281,6 +281,12 @@ def _probability_table(pixel_bits: int) -> np.ndarray:
   return np.clip((tables()["sigmoid"] + (1 << (shift - 1))) >> shift, 1, (1 << pixel_bits) - 1)
 
 
+@functools.cache
+def probability_fractions(pixel_bits: int) -> np.ndarray:
+  """`_probability_table` divided by 2^pixel_bits (exact in float64): what the pixel coder takes."""
+  return _probability_table(pixel_bits) / float(1 << pixel_bits)
+
+
 def probabilities_np(logit: np.ndarray, pixel_bits: int) -> np.ndarray:
   """`pixels`' last steps in numpy integers: P(x = 1) in units of 2^-pixel_bits at integer logits
   (any int array, clipped to +-LOGIT_MAX here)."""
