@@ -128,8 +128,11 @@ class _Run:
     pictures.save_gif(self.workdir)
     pictures.save_curves(self.workdir, rows)
     if self.config.latent_dim == 2:
-      model = nnx.merge(self.graphdef, self.host_params())
-      decoded = np.asarray(model.decode(pictures.manifold_grid(), apply_sigmoid=True))
+      # jitted: run eagerly, each of the decoder's ops would be compiled on its own (~100 compiles,
+      # seconds at the end of every 2-D run)
+      decode = jax.jit(lambda params, z: nnx.merge(self.graphdef, params).decode(
+          z, apply_sigmoid=True))
+      decoded = np.asarray(decode(self.host_params(), pictures.manifold_grid()))
       pictures.save_manifold(self.workdir, decoded)
 
   # ------------------------------------------------------------ one epoch
