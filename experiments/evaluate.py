@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--chunk", type=int, default=d.chunk,
                  help="latent samples per image in one decoder call (bounds memory)")
   p.add_argument("--batch", type=int, default=d.batch,
-                 help="images per call (0: 2 on CPU, 1 with --dtype bfloat16, 20 on accelerators)")
+                 help="images per call (0: 2 on CPU, 4 with --dtype bfloat16, 20 on accelerators)")
   p.add_argument("--data", default=d.data,
                  help="override the run's data (tfds:NAME | idx:DIR | mnist-5k | auto)")
   p.add_argument("--dtype", choices=DTYPES, default=d.dtype,

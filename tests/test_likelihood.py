@@ -278,7 +278,7 @@ def test_evaluate_cli(idx_dir, tmp_path, capsys):
   with open(os.path.join(workdir, "evaluation_k20_n16_s0_bfloat16.json")) as f:
     bf16 = json.load(f)
   assert s["dtype"] == "float32" and bf16["settings"]["dtype"] == "bfloat16"
-  assert bf16["settings"]["batch"] == 1  # the default batch on CPU with bfloat16
+  assert bf16["settings"]["batch"] == 4  # the default batch on CPU with bfloat16
   assert bf16["results"]["nll"] == pytest.approx(r["nll"], rel=1e-2)
   assert bf16["results"]["nll"] != r["nll"]
   code, out = again("--seed", "2")

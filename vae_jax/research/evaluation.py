@@ -61,12 +61,12 @@ class Settings:
 
 
 def default_batch(backend: str, dtype: str = "float32") -> int:
-  """Images per call: on CPUs the fastest measured at k = 5000 and chunk 500 (float32 GEMMs of
-  1,000 rows, bfloat16 of 500; benchmarks/results/cpu_small_models_is_eval_epyc_*), 20 on
-  accelerators."""
+  """Images per call: on CPUs the fastest measured through this CLI at k = 5000 and chunk 500
+  (float32 GEMMs of 1,000 rows, bfloat16 of 2,000; benchmarks/results/cpu_small_models_is_eval_epyc_*
+  and is_eval_bf16_batch_epyc_*), 20 on accelerators."""
   if backend != "cpu":
     return 20
-  return 2 if dtype == "float32" else 1
+  return 2 if dtype == "float32" else 4
 
 
 def _dtype_suffix(dtype: str) -> str:
