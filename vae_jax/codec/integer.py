@@ -282,19 +282,31 @@ def _probability_table(pixel_bits: int) -> np.ndarray:
 
 
 @functools.cache
-def probability_fractions(pixel_bits: int) -> np.ndarray:
+def _probability_fractions(pixel_bits: int) -> np.ndarray:
   """`_probability_table` divided by 2^pixel_bits (exact in float64): what the pixel coder takes."""
   return _probability_table(pixel_bits) / float(1 << pixel_bits)
+
+
+def _table_index(logit: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+  """The probability tables' index of int64 logits clipped to +-LOGIT_MAX (into `out` if given).
+  np.minimum / np.maximum: np.clip's overhead is the larger part of a decode step's time."""
+  top = LOGIT_MAX << LOGIT_BITS
+  index = np.maximum(logit, -top, out=out)
+  np.minimum(index, top, out=index)
+  index += top
+  return index
 
 
 def probabilities_np(logit: np.ndarray, pixel_bits: int) -> np.ndarray:
   """`pixels`' last steps in numpy integers: P(x = 1) in units of 2^-pixel_bits at integer logits
   (any int array, clipped to +-LOGIT_MAX here)."""
-  top = LOGIT_MAX << LOGIT_BITS
-  # one lookup of the clipped logit (np.minimum / np.maximum: np.clip's overhead is the larger
-  # part of a decode step's time on a batch of 64)
-  index = np.minimum(np.maximum(np.asarray(logit, np.int64), -top), top) + top
-  return _probability_table(pixel_bits)[index]
+  return _probability_table(pixel_bits)[_table_index(np.asarray(logit, np.int64))]
+
+
+def probability_fractions_np(logit: np.ndarray, pixel_bits: int) -> np.ndarray:
+  """`probabilities_np` / 2^pixel_bits as float64 (exact), for an int64 array it may overwrite:
+  a context model's decode step, where every numpy call counts."""
+  return _probability_fractions(pixel_bits)[_table_index(logit, out=logit)]
 
 
 def pixels(decoder, z_index, latent_bits: int, pixel_bits: int, fmt: int = FORMAT):

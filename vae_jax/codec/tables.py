@@ -234,17 +234,9 @@ class ModelTables:
     `context_probabilities` integers divided exactly, one per image) -> the b bits there."""
     logits = np.ascontiguousarray(self.raw_logits(z_index, shape).T)    # (pixels, b)
     n, b = logits.shape
-    top = integer.LOGIT_MAX << integer.LOGIT_BITS
-    fractions = integer.probability_fractions(self.precision.pixel_bits)
-    context_ints = self.context_ints
-
-    def step(i, ctx):  # probabilities_np's clip and lookup, in place: ~6 numpy calls a position
-      logit = logits[i] + context_ints[ctx]
-      np.maximum(logit, -top, out=logit)
-      np.minimum(logit, top, out=logit)
-      logit += top
-      return pop(fractions[logit])
-
+    context_ints, pixel_bits = self.context_ints, self.precision.pixel_bits
+    step = lambda i, ctx: pop(integer.probability_fractions_np(logits[i] + context_ints[ctx],
+                                                                pixel_bits))
     return template.decode_raster(b, 28, n // 28, step)[..., None]
 
   def means(self, x_u8: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
