@@ -12,8 +12,9 @@ dispatch included) and one evaluation of the test set, timed by the wall clock; 
 checkout of an earlier commit, imported by its worker instead of this tree (`git archive COMMIT |
 tar -x -C DIR`). The minimal loop is one jitted lax.scan over the epoch of plain jnp ops: the same
 784-200-200-50 tanh MLP VAE (or its k-sample IWAE bound), the pixels drawn from the intensities
-inside the scan, and Adam written out. The PyTorch column (benchmarks/peers/torch_mlp_vae.py) runs
-with --torch-python, an interpreter that has torch.
+inside the scan, and Adam written out. The new_bf16 column is the project with --dtype bfloat16
+(bfloat16 GEMM inputs; float32 parameters, accumulation and loss). The PyTorch column
+(benchmarks/peers/torch_mlp_vae.py) runs with --torch-python, an interpreter that has torch.
 """
 
 import argparse
@@ -39,7 +40,7 @@ def project_worker(args) -> None:
   config = dataclasses.replace(
       get_config(), data=args.data, model="mlp", batch_size=args.batch_size, binarize="dynamic",
       objective=args.objective, iw_samples=args.iw_samples, train_size=args.train_size,
-      learning_rate=1e-3, epochs=10**6, parallel="none")
+      learning_rate=1e-3, epochs=10**6, parallel="none", dtype=args.dtype)
   dataset = data_lib.load(config.data).take_train(config.train_size)
   the_run = run._Run(config, tempfile.mkdtemp(), dataset)  # pylint: disable=protected-access
   epoch = 0
@@ -177,7 +178,11 @@ def main(argv=None) -> int:
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--old-tree", help="a checkout of an earlier commit: the 'old' column")
   p.add_argument("--torch-python", help="an interpreter with torch: the 'torch' column")
-  p.add_argument("--columns", default="new,old,minimal,torch")
+  p.add_argument("--columns", default="new,old,minimal,torch",
+                 help="any of new, new_bf16 (the project with --dtype bfloat16: bfloat16 GEMM inputs, "
+                      "float32 parameters, accumulation and loss), old, minimal, torch")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help=argparse.SUPPRESS)  # a project worker's compute dtype
   p.add_argument("--worker", choices=("project", "minimal"), help=argparse.SUPPRESS)
   p.add_argument("--out", help="write the result as JSON here too (a new file)")
   args = p.parse_args(argv)
@@ -199,6 +204,7 @@ def main(argv=None) -> int:
   me = [sys.executable, os.path.abspath(__file__)]
   wanted = args.columns.split(",")
   specs = {"new": (me + ["--worker", "project"] + common, HERE),
+           "new_bf16": (me + ["--worker", "project", "--dtype", "bfloat16"] + common, HERE),
            "minimal": (me + ["--worker", "minimal"] + common, HERE)}
   if args.old_tree and "old" in wanted:
     specs["old"] = (me + ["--worker", "project"] + common, os.path.abspath(args.old_tree))
@@ -229,9 +235,10 @@ def main(argv=None) -> int:
     if base and name != "old":
       ratios[f"{name}/old"] = float(np.median([a["images_per_sec"] / b["images_per_sec"]
                                                for a, b in zip(rows, base)]))
-  if "new" in results and "minimal" in results:
-    ratios["new/minimal"] = float(np.median([a["images_per_sec"] / b["images_per_sec"]
-                                             for a, b in zip(results["new"], results["minimal"])]))
+  for name, other in (("new", "minimal"), ("new_bf16", "minimal"), ("new_bf16", "new")):
+    if name in results and other in results:
+      ratios[f"{name}/{other}"] = float(np.median([
+          a["images_per_sec"] / b["images_per_sec"] for a, b in zip(results[name], results[other])]))
   out = {"args": vars(args), "workers": {w.name: w.info for w in workers},
          "rounds": results, "median": summary, "ratios_median_of_rounds": ratios}
   print(json.dumps({"median": summary, "ratios": ratios}))
