@@ -2,10 +2,10 @@
 
 import glob
 import os
+import statistics
 
 import imageio.v3 as iio
 import numpy as np
-from scipy.special import ndtri
 
 from vae_jax.training.workdir import writing
 
@@ -86,7 +86,9 @@ def save_curves(workdir: str, rows: list[dict]) -> str:
 
 def manifold_grid(n: int = 20) -> np.ndarray:
   """(n*n, 2) latent points at the standard normal's quantiles 0.05..0.95 (the tutorial's grid)."""
-  q = ndtri(np.linspace(0.05, 0.95, n))  # scipy's: JAX's would compile its ops one by one
+  # The standard library's quantile function: JAX's would compile its ops one by one, and
+  # scipy.special costs every run's start 0.2 s of imports.
+  q = np.array([statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
   zy, zx = np.meshgrid(q[::-1], q, indexing="ij")
   return np.stack([zx.ravel(), zy.ravel()], axis=-1).astype(np.float32)
 
