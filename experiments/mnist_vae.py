@@ -119,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _run(args: argparse.Namespace) -> None:
   config = config_from_args(args)
+  config.validate()  # an impossible value is one line before JAX's import (~1.5 s) starts
   from vae_jax.training import parallel, run  # pylint: disable=import-outside-toplevel
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   if args.seeds is None:

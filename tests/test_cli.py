@@ -69,6 +69,18 @@ def test_impossible_flags(idx_dir, tmp_path, flags, fragment):
   _assert_one_line_error(result, fragment)
 
 
+def test_an_impossible_value_is_refused_before_jax_is_imported(tmp_path):
+  """A typo costs a user a fraction of a second, not JAX's import."""
+  code = ("import sys; from experiments import mnist_vae; "
+          "code = mnist_vae.main(['--epochs', '0', '--workdir', sys.argv[1]]); "
+          "print(code, sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr
+  assert result.stderr == "error: --epochs must be >= 1, got 0\n"
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_models_objectives_and_binarizations_by_name(idx_dir, tmp_path):
   """The research variants from the command line, at tiny size: two metric rows each."""
   common = ["--data", f"idx:{idx_dir}", "--epochs", "2", "--train-size", "40", "--batch-size", "8",

@@ -15,8 +15,6 @@ with `register_schedule(name, Schedule(...))`, from any module.
 import dataclasses
 from typing import Callable
 
-import jax.numpy as jnp
-
 from vae_jax.config import Config
 from vae_jax.errors import UserError
 
@@ -67,6 +65,7 @@ def burda_rates(base: float = BURDA_BASE) -> tuple[float, ...]:
 
 def burda_learning_rate(step, steps_per_epoch: int):
   """The learning rate of optimizer step `step` (0-based) under the IWAE protocol."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel  # a flag error needs no JAX
   epoch = step // steps_per_epoch
   stage = jnp.searchsorted(jnp.asarray(BURDA_STAGE_STARTS), epoch, side="right")
   return jnp.asarray(burda_rates(), jnp.float32)[stage]
