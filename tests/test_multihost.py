@@ -18,7 +18,7 @@ import jax
 import pytest
 
 from vae_jax.training import parallel, run
-from test_parallel import CPU_ENV, ELBO_RTOL, REPO, _assert_same_run, _free_port
+from test_parallel import ELBO_RTOL, REPO, _assert_same_run, _free_port
 
 # tiny(): 10 steps of 8 per epoch, so that the kill lands inside an epoch; --loop step compiles
 # only the step and the evaluation.
@@ -28,8 +28,8 @@ TINY = ["--epochs", "3", "--latent-dim", "2", "--batch-size", "8", "--train-size
 BOUND_SECONDS = parallel.HEARTBEAT_SECONDS + 30
 
 
-def _cli(args, devices: int, out: str) -> subprocess.Popen:
-  env = dict(CPU_ENV, JAX_NUM_CPU_DEVICES=str(devices))
+def _cli(args, cpu_env, devices: int, out: str) -> subprocess.Popen:
+  env = dict(cpu_env, JAX_NUM_CPU_DEVICES=str(devices))
   with open(out + ".out", "w") as stdout, open(out + ".err", "w") as stderr:
     return subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=stdout,
                             stderr=stderr)
@@ -48,16 +48,16 @@ def _docs_example() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, idx_dir):
+def runs(tmp_path_factory, idx_dir, cpu_env):
   root = tmp_path_factory.mktemp("multihost")
   data = ["--data", f"idx:{idx_dir}"]
   reference = str(root / "reference")
   killed = str(root / "killed")
-  children = [_cli(["experiments.mnist_vae", *data, *TINY, "--workdir", reference], 2, reference)]
+  children = [_cli(["experiments.mnist_vae", *data, *TINY, "--workdir", reference], cpu_env, 2, reference)]
   address = f"localhost:{_free_port()}"
   children += [_cli(["experiments.mnist_vae", *data, *TINY, "--workdir", killed,
                      "--coordinator", address, "--num-processes", "2", "--process-id", str(i)],
-                    1, f"{killed}.p{i}") for i in range(2)]
+                    cpu_env, 1, f"{killed}.p{i}") for i in range(2)]
   try:
     deadline = time.monotonic() + 600
     while "epoch    1" not in _read(f"{killed}.p0.out"):
@@ -74,7 +74,7 @@ def runs(tmp_path_factory, idx_dir):
   assert children[0].returncode == 0, _read(reference + ".err")[-3000:]
   rows_after_kill = run.read_metrics(killed)
   checkpoints_after_kill = sorted(os.listdir(os.path.join(killed, "checkpoints")))
-  env = dict(CPU_ENV, JAX_NUM_CPU_DEVICES="1")
+  env = dict(cpu_env, JAX_NUM_CPU_DEVICES="1")
   restart = subprocess.run([sys.executable, "-m", *_docs_example(), *data, *TINY,
                             "--workdir", killed, "--resume"],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -136,14 +136,14 @@ def test_launcher_prefixes_each_process_and_names_the_coordinator(runs):
   assert json.loads(json.dumps(run.read_metrics(runs["killed"])))  # rows are whole JSON
 
 
-def test_launcher_stops_all_when_one_dies(tmp_path):
+def test_launcher_stops_all_when_one_dies(tmp_path, cpu_env):
   """A process that fails makes the launcher stop the others and say which (no JAX needed)."""
   script = tmp_path / "job.py"
   script.write_text("import sys, time\n"
                     "i = int(sys.argv[sys.argv.index('--process-id') + 1])\n"
                     "print('started', flush=True)\n"
                     "sys.exit(3) if i == 1 else time.sleep(600)\n")
-  env = dict(CPU_ENV, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}")
+  env = dict(cpu_env, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}")
   start = time.monotonic()
   result = subprocess.run([sys.executable, "-m", "experiments.launch", "--processes", "2",
                            "--module", "job", "--", "--x"], cwd=REPO, env=env,
@@ -172,7 +172,7 @@ def test_cluster_environment_is_jax_detection(monkeypatch):
   assert not jax.distributed.is_initialized()
 
 
-def test_lost_coordinator_ends_the_survivor_with_one_line(tmp_path, idx_dir):
+def test_lost_coordinator_ends_the_survivor_with_one_line(tmp_path, idx_dir, cpu_env):
   """kill -9 of process 0, which hosts JAX's coordination service: the survivor ends with one line,
   whether its own collective fails first or JAX's C++ runtime aborts it and its supervising parent
   (vae_jax.training.supervise) says so."""
@@ -180,7 +180,7 @@ def test_lost_coordinator_ends_the_survivor_with_one_line(tmp_path, idx_dir):
   address = f"localhost:{_free_port()}"
   children = [_cli(["experiments.mnist_vae", "--data", f"idx:{idx_dir}", *TINY, "--workdir",
                     workdir, "--coordinator", address, "--num-processes", "2", "--process-id",
-                    str(i)], 1, f"{workdir}.p{i}") for i in range(2)]
+                    str(i)], cpu_env, 1, f"{workdir}.p{i}") for i in range(2)]
   try:
     deadline = time.monotonic() + 600
     while "epoch    1" not in _read(f"{workdir}.p0.out"):

@@ -24,8 +24,6 @@ from vae_jax import config as config_lib
 from vae_jax.training import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Simulated CPU devices even where there is an accelerator.
-CPU_ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
 PARAM_ATOL = 1e-2 * config_lib.tiny().learning_rate
 ELBO_RTOL = 1e-6
 
@@ -47,9 +45,10 @@ for r in spec["runs"]:
 """
 
 
-def _start(runs, num_devices: int, log: str, distributed=(None, None, None)) -> subprocess.Popen:
+def _start(runs, cpu_env, num_devices: int, log: str,
+           distributed=(None, None, None)) -> subprocess.Popen:
   """Starts a child; its output goes to a file, as a full pipe would stall it and its peers."""
-  env = dict(CPU_ENV, JAX_NUM_CPU_DEVICES=str(num_devices))
+  env = dict(cpu_env, JAX_NUM_CPU_DEVICES=str(num_devices))
   spec = json.dumps({"distributed": list(distributed), "runs": runs})
   with open(log, "w") as f:
     process = subprocess.Popen([sys.executable, "-c", CHILD, spec], cwd=REPO, env=env,
@@ -98,7 +97,7 @@ def data(idx_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, data):
+def runs(tmp_path_factory, data, cpu_env):
   """Workdirs of every run, trained at once by 1 process x 4 CPU devices and 2 processes x 2.
 
   The single process runs every strategy and a resumed run; the 2 processes run sharded and
@@ -123,8 +122,8 @@ def runs(tmp_path_factory, data):
   resume = dict(workdir=str(root / "resumed"), resume=True,
                 config=dict(data=data, parallel="sharded", devices=2, loop="step"))
   address = f"localhost:{_free_port()}"
-  children = [_start(spec(single) + [resume], 4, str(root / "single.log"))]
-  children += [_start(spec(multi), 2, str(root / f"multi{i}.log"), (address, 2, i))
+  children = [_start(spec(single) + [resume], cpu_env, 4, str(root / "single.log"))]
+  children += [_start(spec(multi), cpu_env, 2, str(root / f"multi{i}.log"), (address, 2, i))
                for i in range(2)]
   try:
     errors = [_finish(child) for child in children]
@@ -160,8 +159,8 @@ def test_pictures_in_every_mode(runs):
     assert expected <= set(os.listdir(workdir)), workdir
 
 
-def test_batch_not_dividing_over_devices_is_a_one_line_error(tmp_path, data):
-  env = dict(CPU_ENV, JAX_NUM_CPU_DEVICES="4")
+def test_batch_not_dividing_over_devices_is_a_one_line_error(tmp_path, data, cpu_env):
+  env = dict(cpu_env, JAX_NUM_CPU_DEVICES="4")
   result = subprocess.run(
       [sys.executable, "-m", "experiments.mnist_vae", "--data", data, "--batch-size", "6",
        "--epochs", "1", "--workdir", str(tmp_path / "run")],
