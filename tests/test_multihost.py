@@ -53,7 +53,8 @@ def runs(tmp_path_factory, idx_dir, cpu_env):
   data = ["--data", f"idx:{idx_dir}"]
   reference = str(root / "reference")
   killed = str(root / "killed")
-  children = [_cli(["experiments.mnist_vae", *data, *TINY, "--workdir", reference], cpu_env, 2, reference)]
+  children = [_cli(["experiments.mnist_vae", *data, *TINY, "--workdir", reference], cpu_env, 2,
+                   reference)]
   address = f"localhost:{_free_port()}"
   children += [_cli(["experiments.mnist_vae", *data, *TINY, "--workdir", killed,
                      "--coordinator", address, "--num-processes", "2", "--process-id", str(i)],
