@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from vae_jax import config as config_lib
-from vae_jax.nn import losses
-from vae_jax.training import run
+from vae_jax.nn import losses, models
+from vae_jax.training import run, train
 from vae_jax.training import workdir as workdir_lib
 from vae_jax.errors import UserError
 
@@ -180,3 +180,24 @@ def test_evaluation_sums_do_not_depend_on_the_evaluation_batch(cfg):
   assert float(sums[0]["count"]) == float(sums[1]["count"]) == 10
   for k in train.METRIC_KEYS:
     np.testing.assert_allclose(sums[1][k], sums[0][k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("model,schedule", [("cvae", "constant"), ("mlp2", "burda")])
+def test_init_state_is_the_eager_initialization_bit_for_bit(model, schedule):
+  """init_state's one compiled program computes what the initializers compute op by op, and
+  abstract_state has its layout."""
+  config = dataclasses.replace(config_lib.tiny(), model=model, lr_schedule=schedule,
+                               learning_rate=1e-3, seed=3)
+  graphdef, state = train.init_state(config)
+  eager_graphdef, params = nnx.split(models.create_model(config, train.run_keys(config.seed).init))
+  want = train.TrainState(jnp.zeros((), jnp.int32), params,
+                          train.make_optimizer(config).init(params))
+  assert graphdef == eager_graphdef
+  assert jax.tree.structure(state) == jax.tree.structure(want)
+  for got, expected in zip(jax.tree.leaves(state), jax.tree.leaves(want)):
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+  abstract_graphdef, abstract = train.abstract_state(config)
+  assert abstract_graphdef == graphdef
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), state)

@@ -44,18 +44,18 @@ def params_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 def build(config: Config, params: dict[str, np.ndarray]) -> nnx.Module:
   """The config's model with the given parameters (every one of them, of matching shape)."""
   from vae_jax.training import train  # pylint: disable=import-outside-toplevel
-  graphdef, state = train.init_state(config)
+  graphdef, state = train.abstract_state(config)
   flat = nnx.to_flat_state(state.params)
   keys = {_key(p) for p, _ in flat}
   if keys != set(params):
     raise UserError(f"parameters do not fit the model: missing {sorted(keys - set(params))}, "
                     f"unexpected {sorted(set(params) - keys)}")
   for p, variable in flat:
-    value = params[_key(p)]
-    if value.shape != variable[...].shape or value.dtype != variable[...].dtype:
+    value, like = params[_key(p)], variable.get_value()  # like: a jax.ShapeDtypeStruct
+    if value.shape != like.shape or value.dtype != like.dtype:
       raise UserError(f"parameter {_key(p)}: {value.dtype}{value.shape} does not fit the model's "
-                      f"{variable[...].dtype}{variable[...].shape}")
-    variable[...] = jax.numpy.asarray(value)
+                      f"{like.dtype}{like.shape}")
+    variable.set_value(jax.numpy.asarray(value))
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

@@ -307,8 +307,8 @@ def restore_model(workdir: str, dtype: str | None = None) -> tuple[Config, int, 
   config = workdir_lib.load_config(workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
   try:
-    graphdef, like = train.init_state(config if dtype is None
-                                      else dataclasses.replace(config, dtype=dtype))
+    graphdef, like = train.abstract_state(config if dtype is None
+                                          else dataclasses.replace(config, dtype=dtype))
     epoch, state = checkpoints.restore_newest(
         like, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     if state is None:
