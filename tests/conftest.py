@@ -9,13 +9,36 @@ import shutil
 import struct
 import tempfile
 
+import glob
+import importlib.util
+import mmap
+
+
+def _xla_has_flag(name: str) -> bool:
+  """Whether the installed jaxlib's XLA defines the flag `name`: XLA aborts a process whose
+  XLA_FLAGS names one it does not know, and flags come and go between jaxlib versions. Its flag
+  names are NUL-terminated strings in jaxlib's libraries (~0.03 s to search)."""
+  folder = os.path.dirname(importlib.util.find_spec("jaxlib").origin)
+  needle = b"\0" + name.encode() + b"\0"
+  for path in glob.glob(os.path.join(folder, "*.so")):
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+      if m.find(needle) >= 0:
+        return True
+  return False
+
+
 # Bitwise-reproducible GPU runs (same seed, same parameters) need XLA's deterministic GPU ops;
 # CPU runs are deterministic anyway. The tests' tiny programs spend much of their time compiling:
 # XLA's LLVM backend at optimization level 0 ran a sample of them (test_train, test_cli) in 64 s
-# instead of 90 s. The HLO passes and float semantics stay the same; only the machine code is less
-# optimized. Set before JAX starts its backends; subprocesses the tests start inherit it.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
-                           " --xla_backend_optimization_level=0").strip()
+# instead of 90 s, and XLA:CPU's older fusion emitters (LLVM IR, not MLIR) ran test_study, test_cli,
+# test_train, test_likelihood, test_mlp2 and test_models in 138-145 s instead of 188-215 s (one
+# core each, side by side; benchmarks/results/test_suite_time_*). The HLO passes and the tests'
+# tolerances stay the same; only the machine code is less optimized. Set before JAX starts its
+# backends; subprocesses the tests start inherit it.
+_FLAGS = ["--xla_gpu_deterministic_ops=true", "--xla_backend_optimization_level=0"]
+if _xla_has_flag("xla_cpu_use_fusion_emitters"):
+  _FLAGS.append("--xla_cpu_use_fusion_emitters=false")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FLAGS]).strip()
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np

@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from tests.conftest import write_idx, write_idx_dir
 from vae_jax import data
@@ -154,6 +153,7 @@ def test_batch_stack_pads_and_masks_the_last_batch():
 
 
 def test_tfds_source_under_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # here: ~1 s
   with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
     ds = data.load("tfds:mnist")
   assert ds.name == "tfds:mnist"

@@ -13,12 +13,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tensorflow as tf
 from flax import nnx
 
-from benchmarks.peers import tf_reference as tfr
 from vae_jax.nn import losses, models
 from vae_jax.training.train import keras_adam
+
+# TensorFlow and the tutorial's model, imported by the fixture below when this file's tests run:
+# every pytest-xdist worker imports every test file, and TensorFlow's import takes seconds.
+tf = tfr = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tensorflow():
+  global tf, tfr  # pylint: disable=global-statement
+  import tensorflow  # pylint: disable=import-outside-toplevel
+  from benchmarks.peers import tf_reference  # pylint: disable=import-outside-toplevel
+  tf, tfr = tensorflow, tf_reference
 
 BATCH = 8
 LATENT = 4
