@@ -25,11 +25,31 @@ import platform
 import sys
 import time
 
+from benchmarks.peers import reference_cli
 from vae_jax import cli
+from vae_jax.errors import UserError
 from vae_jax.training import hugepages
+
+
+def parse_args(argv=None):
+  """The command line, its impossible values refused (UserError); needs neither Keras nor JAX."""
+  parser = reference_cli.run_parser("python -m benchmarks.peers.keras_reference", __doc__.splitlines()[0])
+  parser.add_argument("--steps-per-chunk", type=int, default=0,
+                      help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
+  args = parser.parse_args(argv)
+  reference_cli.check_run_args(args)
+  if args.steps_per_chunk < 0:
+    raise UserError(f"--steps-per-chunk must be >= 0, got {args.steps_per_chunk}")
+  return args
+
 
 if __name__ == "__main__":
   hugepages.relaunch()  # before JAX loads: glibc reads GLIBC_TUNABLES at start
+  try:  # a bad flag is one line before Keras and JAX load (~2.5 s)
+    parse_args()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 os.environ["KERAS_BACKEND"] = "jax"  # before Keras loads: it reads the backend once, at import
 
@@ -39,8 +59,6 @@ import numpy as np  # pylint: disable=wrong-import-position
 from keras import ops  # pylint: disable=wrong-import-position
 
 from vae_jax import data as data_lib  # pylint: disable=wrong-import-position
-from benchmarks.peers import reference_cli  # pylint: disable=wrong-import-position
-from vae_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 if keras.backend.backend() != "jax":
   raise ImportError(f"benchmarks.peers.keras_reference needs Keras on JAX, but Keras was imported with the "
@@ -361,15 +379,8 @@ def train_keras(train_x, test_x, *, epochs, batch_size, latent_dim, learning_rat
 
 
 def main(argv=None):
-  parser = reference_cli.run_parser("python -m benchmarks.peers.keras_reference", __doc__.splitlines()[0])
-  parser.add_argument("--steps-per-chunk", type=int, default=0,
-                      help="batches per jitted lax.scan call (0: 10 unrolled on CPU, 100 elsewhere)")
-  args = parser.parse_args(argv)
-
   try:
-    reference_cli.check_run_args(args)
-    if args.steps_per_chunk < 0:
-      raise UserError(f"--steps-per-chunk must be >= 0, got {args.steps_per_chunk}")
+    args = parse_args(argv)
     train_x, test_x = reference_cli.load_binarized(args.data, args.train_size)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
