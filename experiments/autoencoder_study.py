@@ -17,6 +17,8 @@ import os
 import sys
 
 from vae_jax import cli
+from vae_jax.errors import UserError
+from vae_jax.study.config import StudyConfig, quick
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -58,7 +60,6 @@ FLAGS = {  # flag: (StudyConfig field, parser, help)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  from vae_jax.study.runner import StudyConfig  # pylint: disable=import-outside-toplevel
   defaults = StudyConfig()
   p = cli.ArgumentParser(prog="python -m experiments.autoencoder_study", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,8 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def study_config(args: argparse.Namespace):
   """StudyConfig from the flags: the defaults (or --quick's), overridden by every flag given."""
-  from vae_jax.study import runner as study  # pylint: disable=import-outside-toplevel
-  base = study.quick() if args.quick else study.StudyConfig()
+  base = quick() if args.quick else StudyConfig()
   given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in FLAGS.items()}
   return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
@@ -95,11 +95,12 @@ def _commit() -> str | None:
 
 
 def _run(args: argparse.Namespace) -> None:
-  from vae_jax.study import runner as study, report as study_report  # pylint: disable=import-outside-toplevel
-  from vae_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise UserError(f"{args.out} is a file; --out names the study's directory")
-  results = study.run_study(study_config(args), args.out)
+  config = study_config(args)
+  config.validate()  # an impossible setting is one line before JAX's import (~1.5 s) starts
+  from vae_jax.study import runner as study, report as study_report  # pylint: disable=import-outside-toplevel
+  results = study.run_study(config, args.out)
   results["command"] = " ".join(["python -m experiments.autoencoder_study", *sys.argv[1:]])
   results["commit"] = _commit()
   study_report.write_report(results, args.out)

@@ -349,10 +349,15 @@ def test_an_unknown_model_is_named_before_anything_is_written(tmp_path):
   assert not out.exists()
 
 
-def test_a_focus_size_outside_the_latent_sizes_is_refused(tmp_path):
-  result = _study("--out", str(tmp_path / "s"), "--latent-sizes", "2,8")
-  assert result.returncode == 2
-  assert result.stderr.strip() == "error: --focus-latent 16 is not one of --latent-sizes (2, 8)"
+def test_a_focus_size_outside_the_latent_sizes_is_refused_before_jax_is_imported(tmp_path):
+  code = ("import sys; from experiments import autoencoder_study as s; "
+          "code = s.main(['--out', sys.argv[1], '--latent-sizes', '2,8']); "
+          "print(code, sorted(m for m in ('jax', 'flax', 'optax', 'sklearn') if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr
+  assert result.stderr == "error: --focus-latent 16 is not one of --latent-sizes (2, 8)\n"
+  assert not (tmp_path / "s").exists()
 
 
 def test_the_quick_study_end_to_end_answers_the_four_claims_and_reuses_its_runs(tmp_path, idx_dir,

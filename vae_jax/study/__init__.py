@@ -1,5 +1,6 @@
 """The article's autoencoder study (experiments.autoencoder_study) and what only it uses.
 
+  config          the study's settings (StudyConfig), plain Python, checked before JAX loads
   runner          which runs the study needs, training or reusing them, measuring them
   report          the study's report.md from the measured numbers
   pictures        the study's figures
