@@ -57,12 +57,15 @@ jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# The test files with the longest tests (the end-to-end compare, study, parallel and CLI runs;
-# 30-80 s each on 2 cores) run first, so that under pytest-xdist (`-n 2 --dist loadfile`, the
-# README's command: each file on one worker, its module fixtures built once) no worker is left
-# with one of them at the end. The order within a file is kept.
-LONG_FILES = ("test_compare.py", "test_study.py", "test_parallel.py", "test_reliability.py",
-              "test_cli.py", "test_train.py", "test_likelihood.py")
+# The test files that take longest run first (the end-to-end compare, Keras, reliability, codec,
+# study and parallel runs; 30-70 s each on 2 cores, the newest report's durations), so that under
+# pytest-xdist (`-n 2 --dist loadfile`, the README's command: each file on one worker, its module
+# fixtures built once) no worker is left with one of them at the end. The order within a file is
+# kept.
+LONG_FILES = ("test_compare.py", "test_keras_reference.py", "test_reliability.py",
+              "test_compress.py", "test_study.py", "test_interrupts.py", "test_parallel.py",
+              "test_codec_context_model.py", "test_multihost.py", "test_codec_portable.py",
+              "test_codec_bbis.py", "test_cli.py", "test_train.py", "test_likelihood.py")
 
 
 def pytest_collection_modifyitems(items):
