@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.conftest import main_in_fresh_python
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,13 +73,10 @@ def test_impossible_flags(idx_dir, tmp_path, flags, fragment):
 
 def test_an_impossible_value_is_refused_before_jax_is_imported(tmp_path):
   """A typo costs a user a fraction of a second, not JAX's import."""
-  code = ("import sys; from experiments import mnist_vae; "
-          "code = mnist_vae.main(['--epochs', '0', '--workdir', sys.argv[1]]); "
-          "print(code, sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))")
-  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-  assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr
-  assert result.stderr == "error: --epochs must be >= 1, got 0\n"
+  out, err = main_in_fresh_python("experiments.mnist_vae",
+                                  ["--epochs", "0", "--workdir", str(tmp_path / "w")])
+  assert out == ["2", "[]"], out + [err]
+  assert err == "error: --epochs must be >= 1, got 0\n"
   assert not os.path.exists(tmp_path / "w")
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.conftest import main_in_fresh_python
 from vae_jax.study import latent, runner as study, report as study_report
 from vae_jax.training.checkpoints import Checkpoints
 from vae_jax.config import get_config
@@ -350,13 +351,10 @@ def test_an_unknown_model_is_named_before_anything_is_written(tmp_path):
 
 
 def test_a_focus_size_outside_the_latent_sizes_is_refused_before_jax_is_imported(tmp_path):
-  code = ("import sys; from experiments import autoencoder_study as s; "
-          "code = s.main(['--out', sys.argv[1], '--latent-sizes', '2,8']); "
-          "print(code, sorted(m for m in ('jax', 'flax', 'optax', 'sklearn') if m in sys.modules))")
-  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-  assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr
-  assert result.stderr == "error: --focus-latent 16 is not one of --latent-sizes (2, 8)\n"
+  out, err = main_in_fresh_python("experiments.autoencoder_study",
+                                  ["--out", str(tmp_path / "s"), "--latent-sizes", "2,8"])
+  assert out == ["2", "[]"], out + [err]
+  assert err == "error: --focus-latent 16 is not one of --latent-sizes (2, 8)\n"
   assert not (tmp_path / "s").exists()
 
 
