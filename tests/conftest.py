@@ -2,16 +2,17 @@
 
 import atexit
 import dataclasses
+import glob
 import gzip
+import importlib.util
 import json
+import mmap
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
-
-import glob
-import importlib.util
-import mmap
 
 
 def _xla_has_flag(name: str) -> bool:
@@ -147,8 +148,6 @@ HEAVY_MODULES = ("jax", "flax", "optax", "sklearn")
 def main_in_fresh_python(module: str, argv: list[str]) -> tuple[list[str], str]:
   """Runs `module.main(argv)` (an entry point of experiments/) in a new Python process: (its
   printed exit code and the HEAVY_MODULES it imported, e.g. ['2', '[]'], and its stderr)."""
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   code = (f"import importlib, sys; code = importlib.import_module({module!r}).main(sys.argv[1:]); "
           f"print(code, sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
   result = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True,

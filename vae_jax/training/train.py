@@ -131,7 +131,7 @@ def abstract_state(config: Config) -> tuple[nnx.GraphDef, TrainState]:
   """init_state's graph definition and the shapes and dtypes of its state (jax.ShapeDtypeStruct
   leaves), computing nothing: the layout a checkpoint or a parameter file is read into."""
   init, graphdefs = _initializer(config)
-  state = jax.eval_shape(init, run_keys(config.seed).init)
+  state = jax.eval_shape(lambda: init(run_keys(config.seed).init))  # the keys traced too
   return graphdefs[0], state
 
 
