@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import main_in_fresh_python
+from conftest import main_in_fresh_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

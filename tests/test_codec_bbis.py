@@ -19,7 +19,7 @@ VAE_ONLY = frozenset({context.VAE})
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  from tests.conftest import write_workdir  # pylint: disable=import-outside-toplevel
+  from conftest import write_workdir  # pylint: disable=import-outside-toplevel
   from tests.test_compress import TINY  # pylint: disable=import-outside-toplevel
   return write_workdir(str(tmp_path_factory.mktemp("bbis") / "model"), TINY)
 

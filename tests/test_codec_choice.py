@@ -113,7 +113,7 @@ def test_the_choice_is_never_worse_than_the_context_coder_alone(codec, digits):
 def test_other_sizes_round_trip_in_two_processes(tmp_path, codec):
   """32x32 PNGs through the CLI (encode and decode in separate processes); 64x64 in memory."""
   from experiments import compress  # pylint: disable=import-outside-toplevel,unused-import
-  from tests.conftest import write_workdir  # pylint: disable=import-outside-toplevel
+  from conftest import write_workdir  # pylint: disable=import-outside-toplevel
   from tests.test_compress import TINY  # pylint: disable=import-outside-toplevel
   workdir = write_workdir(str(tmp_path / "model"), TINY)
   rng = np.random.default_rng(2)
@@ -174,7 +174,7 @@ def _refingerprint(raw, fingerprint):
 
 
 def test_hostile_header_exits_2_in_one_line(tmp_path):
-  from tests.conftest import write_workdir  # pylint: disable=import-outside-toplevel
+  from conftest import write_workdir  # pylint: disable=import-outside-toplevel
   from tests.test_compress import TINY  # pylint: disable=import-outside-toplevel
   (tmp_path / "bad.vjz").write_bytes(_hostile())
   workdir = write_workdir(str(tmp_path / "model"), TINY)

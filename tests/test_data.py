@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.conftest import write_idx, write_idx_dir
+from conftest import write_idx, write_idx_dir
 from vae_jax import data
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import main_in_fresh_python
+from conftest import main_in_fresh_python
 from vae_jax.study import latent, runner as study, report as study_report
 from vae_jax.training.checkpoints import Checkpoints
 from vae_jax.config import get_config
